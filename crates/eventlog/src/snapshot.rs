@@ -1,0 +1,99 @@
+//! Snapshot storage and compaction of the events tree.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use tracing::info;
+
+use crate::LogError;
+use crate::store::{META_LAST_REVISION, META_SNAPSHOT, Shared, blocking, encode_snapshot};
+
+/// Records deleted per sled batch. A batch holds sled's global write lock, so small chunks
+/// keep the group-commit writer from waiting behind a compaction for more than a few ms.
+const DELETE_CHUNK: usize = 4096;
+
+pub(crate) async fn compact(
+    shared: &Arc<Shared>,
+    revision: u64,
+    bytes: Vec<u8>,
+) -> Result<u64, LogError> {
+    let _serial = shared.compaction.lock().await;
+    shared.check_poison()?;
+    let started = Instant::now();
+    let head = shared.head();
+    if revision > head {
+        return Err(LogError::SnapshotAhead {
+            requested: revision,
+            head,
+        });
+    }
+    if let Some((current, _)) = shared.read_snapshot()?
+        && revision < current
+    {
+        return Err(LogError::SnapshotRegression {
+            requested: revision,
+            current,
+        });
+    }
+
+    // The high-water mark must be durable before any record is deleted; otherwise deleting
+    // the newest records and crashing would let revisions be handed out again.
+    let high_water = head.max(shared.read_high_water()?);
+    let mut meta_batch = sled::Batch::default();
+    meta_batch.insert(META_SNAPSHOT, encode_snapshot(revision, &bytes));
+    meta_batch.insert(META_LAST_REVISION, &high_water.to_be_bytes()[..]);
+    let meta = shared.meta.clone();
+    blocking(move || meta.apply_batch(meta_batch).map_err(LogError::from)).await?;
+    shared.db.flush_async().await?;
+
+    let cutoff = revision.saturating_sub(shared.config.retention);
+    let removed = delete_through(shared, cutoff).await?;
+    if removed > 0 {
+        // Not needed for correctness (records that reappear after a crash are merely readable
+        // again), but it returns the space promptly and bounds recovery work.
+        shared.db.flush_async().await?;
+    }
+    info!(
+        revision,
+        cutoff,
+        removed,
+        first_retained = shared.first_retained(),
+        snapshot_bytes = bytes.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "event log compacted"
+    );
+    Ok(removed)
+}
+
+async fn delete_through(shared: &Arc<Shared>, cutoff: u64) -> Result<u64, LogError> {
+    if cutoff == 0 {
+        return Ok(0);
+    }
+    // Raise the floor first so readers racing with the delete get `Compacted`, never a gap.
+    shared.floor.fetch_max(cutoff, Ordering::AcqRel);
+    let end = cutoff.to_be_bytes();
+    let mut removed = 0u64;
+    loop {
+        let events = shared.events.clone();
+        let n = blocking(move || {
+            let mut batch = sled::Batch::default();
+            let mut n = 0usize;
+            // Deleted keys are gone, so each pass starts again at the lowest remaining key.
+            for key in events.range(..=end).keys().take(DELETE_CHUNK) {
+                batch.remove(key?);
+                n += 1;
+            }
+            if n > 0 {
+                events.apply_batch(batch)?;
+            }
+            Ok(n)
+        })
+        .await?;
+        removed += n as u64;
+        if n < DELETE_CHUNK {
+            return Ok(removed);
+        }
+        tokio::task::yield_now().await;
+    }
+}

@@ -1,0 +1,11 @@
+use clap::Parser;
+use dnsfence_policy_store::{Config, bind, run};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    dnsfence_telemetry::init(config.log_format)?;
+    let listeners = bind(&config).await?;
+    run(config, listeners, dnsfence_telemetry::shutdown_signal()).await?;
+    Ok(())
+}

@@ -1,0 +1,224 @@
+//! The store: state + log, and the one write path every mutation takes.
+//!
+//! A write locks the state, computes its events, hands them to the log in order (so revisions
+//! in memory and on disk agree), unlocks, then waits until the log has made them durable. The
+//! log group-commits what concurrent writers queued meanwhile into one flush.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use dnsfence_eventlog::{EventLog, LogConfig};
+use dnsfence_policy::model::{Event, EventPayload};
+use tokio::sync::{RwLock, watch};
+use tracing::{info, warn};
+
+use crate::codec;
+use crate::config::Config;
+use crate::error::StoreError;
+use crate::state::StoreState;
+
+/// Why a write did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError<E> {
+    /// The request was wrong; nothing changed.
+    #[error("{0:?}")]
+    Rejected(E),
+    /// The log failed: the store stops (crash-only), and a restart replays what was durable.
+    #[error("the event log failed: {0}")]
+    Log(String),
+}
+
+#[derive(Debug)]
+pub struct Store {
+    state: RwLock<StoreState>,
+    log: EventLog,
+    config: Config,
+    /// Revision of the latest snapshot in the log.
+    snapshot_revision: AtomicU64,
+    compacting: AtomicBool,
+    /// Set when the log failed: `run` shuts the server down.
+    fatal: watch::Sender<Option<String>>,
+}
+
+impl Store {
+    /// Opens the log and rebuilds the state from its snapshot and events.
+    pub async fn open(config: Config) -> Result<Arc<Store>, StoreError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            StoreError::Config(format!("--data-dir {}: {e}", config.data_dir.display()))
+        })?;
+        let log = EventLog::open(
+            LogConfig::new(config.data_dir.join("log")).with_retention(config.retention),
+        )?;
+        let started = std::time::Instant::now();
+        let mut state = StoreState::default();
+        let mut replayed = 0u64;
+        let mut snapshot_revision = 0;
+        if let Some(snapshot) = log.snapshot()? {
+            snapshot_revision = snapshot.revision;
+            let content = codec::decode_snapshot(&snapshot.bytes).map_err(|reason| {
+                StoreError::CorruptSnapshot {
+                    revision: snapshot.revision,
+                    reason,
+                }
+            })?;
+            state
+                .restore_snapshot(content)
+                .map_err(|reason| StoreError::CorruptSnapshot {
+                    revision: snapshot.revision,
+                    reason,
+                })?;
+        }
+        for record in log.replay_after(state.revision) {
+            let record = record?;
+            let event =
+                codec::decode_event(&record.bytes).map_err(|reason| StoreError::CorruptRecord {
+                    revision: record.revision,
+                    reason,
+                })?;
+            if event.revision != record.revision {
+                return Err(StoreError::CorruptRecord {
+                    revision: record.revision,
+                    reason: format!("holds revision {}", event.revision),
+                });
+            }
+            state
+                .restore(event.revision, event.payload)
+                .map_err(|reason| StoreError::CorruptRecord {
+                    revision: record.revision,
+                    reason,
+                })?;
+            replayed += 1;
+        }
+        // Compaction can leave the log's head above the last retained record.
+        state.revision = state.revision.max(log.head());
+        info!(
+            revision = state.revision,
+            replayed,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "state rebuilt from the log"
+        );
+        let (fatal, _) = watch::channel(None);
+        Ok(Arc::new(Store {
+            state: RwLock::new(state),
+            log,
+            config,
+            snapshot_revision: AtomicU64::new(snapshot_revision),
+            compacting: AtomicBool::new(false),
+            fatal,
+        }))
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn log(&self) -> &EventLog {
+        &self.log
+    }
+
+    pub async fn read(&self) -> tokio::sync::RwLockReadGuard<'_, StoreState> {
+        self.state.read().await
+    }
+
+    pub fn fatal(&self) -> watch::Receiver<Option<String>> {
+        self.fatal.subscribe()
+    }
+
+    /// The write path. `plan` validates and mutates the state, returning the events to log;
+    /// the result is the log's head once those events are durable.
+    pub async fn write<T, E>(
+        self: &Arc<Self>,
+        plan: impl FnOnce(&mut StoreState) -> Result<(Vec<EventPayload>, T), E>,
+    ) -> Result<(u64, T), WriteError<E>> {
+        let (ticket, revision, out) = {
+            let mut state = self.state.write().await;
+            let (payloads, out) = plan(&mut state).map_err(WriteError::Rejected)?;
+            if payloads.is_empty() {
+                let revision = state.revision;
+                drop(state);
+                self.wait_durable(revision).await?;
+                return Ok((revision, out));
+            }
+            let first = state.revision + 1;
+            let count = payloads.len() as u64;
+            let records: Vec<Vec<u8>> = payloads
+                .into_iter()
+                .enumerate()
+                .map(|(i, payload)| {
+                    codec::encode_event(&Event {
+                        revision: first + i as u64,
+                        payload,
+                    })
+                })
+                .collect();
+            let ticket = match self.log.enqueue(records).await {
+                Ok(t) => t,
+                Err(e) => return Err(self.fail(e.to_string())),
+            };
+            state.revision += count;
+            (ticket, state.revision, out)
+        };
+        match ticket.await {
+            Ok(range) if *range.end() == revision => {}
+            Ok(range) => {
+                return Err(self.fail(format!(
+                    "log assigned revisions {range:?}, the store expected up to {revision}"
+                )));
+            }
+            Err(e) => return Err(self.fail(e.to_string())),
+        }
+        self.maybe_compact(revision);
+        Ok((revision, out))
+    }
+
+    async fn wait_durable<E>(&self, revision: u64) -> Result<(), WriteError<E>> {
+        let mut head = self.log.subscribe();
+        while *head.borrow_and_update() < revision {
+            if head.changed().await.is_err() {
+                return Err(WriteError::Log("the log writer stopped".into()));
+            }
+        }
+        Ok(())
+    }
+
+    fn fail<E>(&self, reason: String) -> WriteError<E> {
+        warn!(%reason, "event log failed; the store stops so that a restart replays a consistent log");
+        self.fatal.send_replace(Some(reason.clone()));
+        WriteError::Log(reason)
+    }
+
+    /// Snapshots and compacts once enough events piled up since the last snapshot. Runs in the
+    /// background: writers do not wait for it.
+    fn maybe_compact(self: &Arc<Self>, revision: u64) {
+        let since = revision.saturating_sub(self.snapshot_revision.load(Ordering::Relaxed));
+        if since < self.config.compact_every || self.compacting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let store = Arc::clone(self);
+        tokio::spawn(async move {
+            if let Err(e) = store.compact().await {
+                warn!(error = %e, "compaction failed; will retry after more events");
+            }
+            store.compacting.store(false, Ordering::Release);
+        });
+    }
+
+    /// Writes a snapshot of the current state and drops old events (keeping `retention`).
+    pub async fn compact(&self) -> Result<u64, StoreError> {
+        let (revision, bytes) = {
+            let state = self.state.read().await;
+            (state.revision, codec::encode_snapshot(&state.snapshot()))
+        };
+        if revision <= self.snapshot_revision.load(Ordering::Relaxed) {
+            return Ok(0);
+        }
+        // Only durable state may become a snapshot.
+        self.wait_durable::<()>(revision)
+            .await
+            .map_err(|e| StoreError::Config(e.to_string()))?;
+        let removed = self.log.compact(revision, bytes).await?;
+        self.snapshot_revision.store(revision, Ordering::Relaxed);
+        info!(revision, removed, "snapshot written, log compacted");
+        Ok(removed)
+    }
+}
