@@ -1,7 +1,5 @@
 //! The one error type of this crate: conversion failures and transport setup failures.
 
-use std::path::PathBuf;
-
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// A message that does not convert to a domain value. `field` is the path from the
@@ -71,7 +69,7 @@ impl ApiError {
     }
 
     pub(crate) fn file(flag: &str, path: &std::path::Path, source: std::io::Error) -> ApiError {
-        ApiError::io(format!("{flag} {}", PathBuf::from(path).display()), source)
+        ApiError::io(format!("{flag} {}", path.display()), source)
     }
 }
 

@@ -49,4 +49,7 @@ pub use convert::grants::Grant;
 pub use convert::{default_policy_from_proto, default_policy_to_proto};
 pub use error::ApiError;
 pub use tls::{ClientTls, ServerTls};
-pub use transport::{Backoff, Listener, connect, connect_lazy, endpoint, serve, server_builder};
+pub use transport::{
+    Backoff, Listener, connect, connect_lazy, endpoint, health_and_reflection, serve,
+    server_builder,
+};

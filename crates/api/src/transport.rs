@@ -192,9 +192,16 @@ pub fn server_builder(tls: &ServerTls) -> Result<Server, ApiError> {
 /// services with `reporter.set_serving::<FooServer<_>>()` once it is ready, and
 /// `set_not_serving` when it is draining. Add both servers to the router:
 ///
-/// ```ignore
-/// let (reporter, health, reflection) = dnsfence_api::transport::health_and_reflection()?;
-/// let router = server_builder(&tls)?.add_service(health).add_service(reflection).add_service(svc);
+/// ```no_run
+/// # fn main() -> Result<(), dnsfence_api::ApiError> {
+/// let tls = dnsfence_api::ServerTls::default();
+/// let (reporter, health, reflection) = dnsfence_api::health_and_reflection()?;
+/// let router = dnsfence_api::server_builder(&tls)?
+///     .add_service(health)
+///     .add_service(reflection);
+/// # let _ = (reporter, router);
+/// # Ok(())
+/// # }
 /// ```
 pub fn health_and_reflection() -> Result<
     (
