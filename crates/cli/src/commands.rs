@@ -249,13 +249,11 @@ async fn events(client: &mut Client, e: EventsArgs) -> Result<(), Failure> {
     while let Some(item) = stream.message().await? {
         match item.kind {
             Some(pb::watch_response::Kind::Event(ev)) => render::event(&ev, e.output)?,
-            Some(pb::watch_response::Kind::Snapshot(s)) => {
-                if s.last {
-                    println!(
-                        "# events before revision {} were compacted; state at that revision follows as a snapshot",
-                        s.revision + 1
-                    );
-                }
+            Some(pb::watch_response::Kind::Snapshot(s)) if s.last => {
+                println!(
+                    "# events up to revision {} were compacted away; the log continues after it",
+                    s.revision
+                );
             }
             Some(pb::watch_response::Kind::CaughtUp(_)) if !e.follow => return Ok(()),
             _ => {}

@@ -38,6 +38,8 @@ pub struct Compiler {
     /// NetworkPolicy-tier policies by namespace; ClusterNetworkPolicies apart.
     namespaced: HashMap<String, BTreeSet<PolicyRef>>,
     cluster: BTreeSet<PolicyRef>,
+    /// Policies whose rules name pods by selector: only these depend on other workloads.
+    with_workload_peers: BTreeSet<PolicyRef>,
     namespaces: BTreeMap<String, Labels>,
     workloads: BTreeMap<WorkloadKey, Workload>,
     by_namespace: HashMap<String, BTreeSet<WorkloadKey>>,
@@ -441,7 +443,7 @@ impl Compiler {
     /// A workload appeared, changed or left: pods whose rules name it as a peer change too.
     fn peer_dependents(&self, w: &Workload, out: &mut BTreeSet<WorkloadKey>) {
         let ns_labels = self.labels_of_namespace(&w.key.namespace);
-        for policy in self.policies.values() {
+        for policy in self.peer_policies() {
             let names_it = policy
                 .egress
                 .iter()
@@ -470,7 +472,7 @@ impl Compiler {
         out: &mut BTreeSet<WorkloadKey>,
     ) {
         out.extend(self.by_namespace.get(name).into_iter().flatten().cloned());
-        for policy in self.policies.values() {
+        for policy in self.peer_policies() {
             let names_it = policy
                 .egress
                 .iter()
@@ -483,6 +485,12 @@ impl Compiler {
                 self.selected_by(policy, out);
             }
         }
+    }
+
+    fn peer_policies(&self) -> impl Iterator<Item = &Arc<Policy>> {
+        self.with_workload_peers
+            .iter()
+            .filter_map(|r| self.policies.get(r))
     }
 
     fn labels_of_namespace(&self, name: &str) -> Labels {
@@ -502,6 +510,9 @@ impl Compiler {
         } else {
             self.cluster.insert(reference.clone());
         }
+        if policy.has_workload_peers() {
+            self.with_workload_peers.insert(reference.clone());
+        }
         self.policies.insert(reference, Arc::new(policy));
     }
 
@@ -511,6 +522,7 @@ impl Compiler {
             set.remove(reference);
         }
         self.cluster.remove(reference);
+        self.with_workload_peers.remove(reference);
         Some(old)
     }
 

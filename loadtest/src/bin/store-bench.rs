@@ -30,6 +30,9 @@ struct Args {
     policies: usize,
     #[arg(long, default_value_t = 100)]
     subscribers: usize,
+    /// Workloads in the log the subscribers catch up on (about 2 events each).
+    #[arg(long, default_value_t = 10_000)]
+    fanout_workloads: usize,
 }
 
 fn peak_rss_mib() -> f64 {
@@ -50,9 +53,12 @@ fn workload(i: usize, namespaces: usize, apps: usize) -> Workload {
             namespace: format!("ns-{ns}"),
             name: format!("pod-{i}"),
         },
-        labels: [("app".to_string(), format!("app-{}", (i / namespaces) % apps))]
-            .into_iter()
-            .collect(),
+        labels: [(
+            "app".to_string(),
+            format!("app-{}", (i / namespaces) % apps),
+        )]
+        .into_iter()
+        .collect(),
         ips: vec![ip.into()],
         node: format!("node-{}", i % 50),
     }
@@ -77,7 +83,9 @@ fn config(dir: &std::path::Path) -> Config {
     ])
 }
 
-async fn start(dir: &std::path::Path) -> Result<(Arc<Store>, String, tokio::sync::oneshot::Sender<()>)> {
+async fn start(
+    dir: &std::path::Path,
+) -> Result<(Arc<Store>, String, tokio::sync::oneshot::Sender<()>)> {
     let cfg = config(dir);
     let store = Store::open(cfg.clone()).await?;
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -85,10 +93,11 @@ async fn start(dir: &std::path::Path) -> Result<(Arc<Store>, String, tokio::sync
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let s = Arc::clone(&store);
     tokio::spawn(async move {
-        let _ = dnsfence_policy_store::serve(s, &cfg, vec![dnsfence_api::Listener::Tcp(l)], async {
-            let _ = rx.await;
-        })
-        .await;
+        let _ =
+            dnsfence_policy_store::serve(s, &cfg, vec![dnsfence_api::Listener::Tcp(l)], async {
+                let _ = rx.await;
+            })
+            .await;
     });
     Ok((store, addr, tx))
 }
@@ -103,7 +112,13 @@ fn pb_workload(w: &Workload) -> pb::Workload {
 }
 
 /// Concurrent writers, each upserting `batch` workloads per call, for `seconds`.
-async fn throughput(addr: &str, writers: usize, batch: usize, seconds: u64, offset: usize) -> Result<(u64, u64, f64)> {
+async fn throughput(
+    addr: &str,
+    writers: usize,
+    batch: usize,
+    seconds: u64,
+    offset: usize,
+) -> Result<(u64, u64, f64)> {
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -120,7 +135,9 @@ async fn throughput(addr: &str, writers: usize, batch: usize, seconds: u64, offs
                         pb_workload(&w)
                     })
                     .collect();
-                c.upsert_workloads(pb::UpsertWorkloadsRequest { workloads }).await.unwrap();
+                c.upsert_workloads(pb::UpsertWorkloadsRequest { workloads })
+                    .await
+                    .unwrap();
                 calls += 1;
                 round += 1;
             }
@@ -137,7 +154,60 @@ async fn throughput(addr: &str, writers: usize, batch: usize, seconds: u64, offs
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    println!("dnsfence policy-store benchmark ({} cores)", std::thread::available_parallelism().map_or(1, |n| n.get()));
+    println!(
+        "dnsfence policy-store benchmark ({} cores)",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+
+    // Compile at scale first, so peak RSS is the compiler's alone.
+    {
+        let namespaces = 100;
+        let apps = (args.policies / namespaces).max(1);
+        let t = Instant::now();
+        let mut changes = Vec::with_capacity(args.workloads + args.policies);
+        for i in 0..args.policies {
+            let text = anp(i, namespaces, apps);
+            let parsed = dnsfence_policy::manifest::parse_documents(&text, "default")
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            changes.extend(
+                parsed
+                    .into_iter()
+                    .map(|o| SourceChange::ApplyPolicy(o.policy)),
+            );
+        }
+        let parse_secs = t.elapsed().as_secs_f64();
+        changes.extend(
+            (0..args.workloads)
+                .map(|i| SourceChange::UpsertWorkload(workload(i, namespaces, apps))),
+        );
+        let mut compiler = Compiler::new();
+        let t = Instant::now();
+        let events = compiler.apply(changes);
+        let secs = t.elapsed().as_secs_f64();
+        println!(
+            "compile: {} workloads x {} policies in {secs:.2} s (+{parse_secs:.2} s parsing): {} events, {} allowlists; peak RSS {:.0} MiB",
+            args.workloads,
+            args.policies,
+            events.len(),
+            compiler.allowlists().count(),
+            peak_rss_mib()
+        );
+        let text = anp(7, namespaces, apps).replace("api7.example.com", "changed.example.com");
+        let parsed = dnsfence_policy::manifest::parse_documents(&text, "default")
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let t = Instant::now();
+        let events = compiler.apply(
+            parsed
+                .into_iter()
+                .map(|o| SourceChange::ApplyPolicy(o.policy))
+                .collect(),
+        );
+        println!(
+            "incremental: one policy changed -> {} events in {:.2} ms",
+            events.len(),
+            t.elapsed().as_secs_f64() * 1e3
+        );
+    }
 
     // 1. Durable events/s.
     {
@@ -146,7 +216,8 @@ async fn main() -> Result<()> {
         for (writers, batch) in [(64usize, 1usize), (16, 100)] {
             let before = store.log().head();
             let stats0 = store.log().stats();
-            let (calls, _, secs) = throughput(&addr, writers, batch, args.seconds, before as usize).await?;
+            let (calls, _, secs) =
+                throughput(&addr, writers, batch, args.seconds, before as usize).await?;
             let events = store.log().head() - before;
             let flushes = store.log().stats().flushes - stats0.flushes;
             println!(
@@ -167,12 +238,18 @@ async fn main() -> Result<()> {
         let mut i = 0usize;
         let t = Instant::now();
         while store.log().head() < args.replay_events {
-            let workloads = (0..5_000).map(|j| pb_workload(&workload(i + j, 100, 50))).collect();
-            c.upsert_workloads(pb::UpsertWorkloadsRequest { workloads }).await?;
+            let workloads = (0..5_000)
+                .map(|j| pb_workload(&workload(i + j, 100, 50)))
+                .collect();
+            c.upsert_workloads(pb::UpsertWorkloadsRequest { workloads })
+                .await?;
             i += 5_000;
         }
         let events = store.log().head();
-        println!("loaded {events} events ({i} workload upserts) in {:.1} s", t.elapsed().as_secs_f64());
+        println!(
+            "loaded {events} events ({i} workload upserts) in {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
         let _ = stop.send(());
         drop(c);
         store.log().close().await?;
@@ -182,14 +259,27 @@ async fn main() -> Result<()> {
         let reopened = Store::open(config(dir.path())).await.context("reopen")?;
         let secs = t.elapsed().as_secs_f64();
         let workloads = reopened.read().await.compiler.workloads().count();
-        println!("replay: {events} events in {secs:.2} s ({:.0} events/s), {workloads} workloads restored", events as f64 / secs);
+        println!(
+            "replay: {events} events in {secs:.2} s ({:.0} events/s), {workloads} workloads restored",
+            events as f64 / secs
+        );
 
-        // 4. Watch fan-out: N subscribers replay everything from revision 0.
-        let (store, addr, stop) = {
-            reopened.log().close().await?;
-            drop(reopened);
-            start(dir.path()).await?
-        };
+        reopened.log().close().await?;
+        drop(reopened);
+    }
+
+    // 4. Watch fan-out: N subscribers replay everything from revision 0.
+    {
+        let dir = tempfile::tempdir()?;
+        let (store, addr, stop) = start(dir.path()).await?;
+        let mut c = client(&addr).await?;
+        for chunk in 0..(args.fanout_workloads / 1_000).max(1) {
+            let workloads = (0..1_000)
+                .map(|j| pb_workload(&workload(chunk * 1_000 + j, 100, 50)))
+                .collect();
+            c.upsert_workloads(pb::UpsertWorkloadsRequest { workloads })
+                .await?;
+        }
         let head = store.log().head();
         let t = Instant::now();
         let mut tasks = Vec::new();
@@ -197,7 +287,12 @@ async fn main() -> Result<()> {
             let mut c = client(&addr).await?;
             tasks.push(tokio::spawn(async move {
                 let mut s = c
-                    .watch(pb::WatchRequest { from_revision: 0, view: pb::View::Derived as i32, node: String::new(), snapshot: false })
+                    .watch(pb::WatchRequest {
+                        from_revision: 0,
+                        view: pb::View::Derived as i32,
+                        node: String::new(),
+                        snapshot: false,
+                    })
                     .await
                     .unwrap()
                     .into_inner();
@@ -228,7 +323,12 @@ async fn main() -> Result<()> {
             let mut c = client(&addr).await?;
             tasks.push(tokio::spawn(async move {
                 let mut s = c
-                    .watch(pb::WatchRequest { from_revision: 0, view: pb::View::Derived as i32, node: String::new(), snapshot: true })
+                    .watch(pb::WatchRequest {
+                        from_revision: 0,
+                        view: pb::View::Derived as i32,
+                        node: String::new(),
+                        snapshot: true,
+                    })
                     .await
                     .unwrap()
                     .into_inner();
@@ -250,40 +350,5 @@ async fn main() -> Result<()> {
         let _ = stop.send(());
     }
 
-    // 3. Compile at scale.
-    {
-        let namespaces = 100;
-        let apps = (args.policies / namespaces).max(1);
-        let t = Instant::now();
-        let mut changes = Vec::with_capacity(args.workloads + args.policies);
-        for i in 0..args.policies {
-            let text = anp(i, namespaces, apps);
-            let parsed = dnsfence_policy::manifest::parse_documents(&text, "default").map_err(|e| anyhow::anyhow!("{e:?}"))?;
-            changes.extend(parsed.into_iter().map(|o| SourceChange::ApplyPolicy(o.policy)));
-        }
-        let parse_secs = t.elapsed().as_secs_f64();
-        changes.extend((0..args.workloads).map(|i| SourceChange::UpsertWorkload(workload(i, namespaces, apps))));
-        let mut compiler = Compiler::new();
-        let t = Instant::now();
-        let events = compiler.apply(changes);
-        let secs = t.elapsed().as_secs_f64();
-        println!(
-            "compile: {} workloads x {} policies in {secs:.2} s (+{parse_secs:.2} s parsing): {} events, {} allowlists; peak RSS {:.0} MiB",
-            args.workloads,
-            args.policies,
-            events.len(),
-            compiler.allowlists().count(),
-            peak_rss_mib()
-        );
-        let text = anp(7, namespaces, apps).replace("api7.example.com", "changed.example.com");
-        let parsed = dnsfence_policy::manifest::parse_documents(&text, "default").map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        let t = Instant::now();
-        let events = compiler.apply(parsed.into_iter().map(|o| SourceChange::ApplyPolicy(o.policy)).collect());
-        println!(
-            "incremental: one policy changed -> {} events in {:.2} ms",
-            events.len(),
-            t.elapsed().as_secs_f64() * 1e3
-        );
-    }
     Ok(())
 }

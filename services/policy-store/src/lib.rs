@@ -92,11 +92,14 @@ pub async fn serve(
         info!(listener = %l, revision = store.log().head(), "policy-store serving");
     }
     let mut fatal = store.fatal();
+    let stopping = Arc::clone(&store);
     let stop = async move {
         tokio::select! {
             () = shutdown => {}
             _ = fatal.wait_for(Option::is_some) => warn!("stopping: the event log failed"),
         }
+        // The graceful shutdown waits for open streams; watch streams would never end.
+        stopping.begin_shutdown();
     };
     dnsfence_api::serve(router, listeners, stop).await?;
     store.log().close().await?;

@@ -38,6 +38,9 @@ pub struct Store {
     compacting: AtomicBool,
     /// Set when the log failed: `run` shuts the server down.
     fatal: watch::Sender<Option<String>>,
+    /// Set when the server begins to shut down: watch streams end, so that the server's
+    /// graceful shutdown, which waits for every open stream, can finish.
+    closing: watch::Sender<bool>,
 }
 
 impl Store {
@@ -68,27 +71,7 @@ impl Store {
                     reason,
                 })?;
         }
-        for record in log.replay_after(state.revision) {
-            let record = record?;
-            let event =
-                codec::decode_event(&record.bytes).map_err(|reason| StoreError::CorruptRecord {
-                    revision: record.revision,
-                    reason,
-                })?;
-            if event.revision != record.revision {
-                return Err(StoreError::CorruptRecord {
-                    revision: record.revision,
-                    reason: format!("holds revision {}", event.revision),
-                });
-            }
-            state
-                .restore(event.revision, event.payload)
-                .map_err(|reason| StoreError::CorruptRecord {
-                    revision: record.revision,
-                    reason,
-                })?;
-            replayed += 1;
-        }
+        replayed += replay(&log, &mut state)?;
         // Compaction can leave the log's head above the last retained record.
         state.revision = state.revision.max(log.head());
         info!(
@@ -98,6 +81,7 @@ impl Store {
             "state rebuilt from the log"
         );
         let (fatal, _) = watch::channel(None);
+        let (closing, _) = watch::channel(false);
         Ok(Arc::new(Store {
             state: RwLock::new(state),
             log,
@@ -105,6 +89,7 @@ impl Store {
             snapshot_revision: AtomicU64::new(snapshot_revision),
             compacting: AtomicBool::new(false),
             fatal,
+            closing,
         }))
     }
 
@@ -122,6 +107,16 @@ impl Store {
 
     pub fn fatal(&self) -> watch::Receiver<Option<String>> {
         self.fatal.subscribe()
+    }
+
+    /// Ends every watch stream (and refuses new ones): called when the server stops.
+    pub fn begin_shutdown(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Becomes `true` when the server stops.
+    pub fn closing(&self) -> watch::Receiver<bool> {
+        self.closing.subscribe()
     }
 
     /// The write path. `plan` validates and mutates the state, returning the events to log;
@@ -221,4 +216,73 @@ impl Store {
         info!(revision, removed, "snapshot written, log compacted");
         Ok(removed)
     }
+}
+
+/// Events decoded per hand-over from the reader thread.
+const REPLAY_BATCH: usize = 1024;
+
+/// Replays the log after the state's revision. One thread reads and decodes records while
+/// this one applies them: decoding and applying cost about the same, so the two overlap.
+fn replay(log: &EventLog, state: &mut StoreState) -> Result<u64, StoreError> {
+    let records = log.replay_after(state.revision);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<Event>, StoreError>>(16);
+    let reader = std::thread::spawn(move || {
+        let mut batch = Vec::with_capacity(REPLAY_BATCH);
+        for record in records {
+            let decoded = record.map_err(StoreError::from).and_then(|record| {
+                let event = codec::decode_event(&record.bytes).map_err(|reason| {
+                    StoreError::CorruptRecord {
+                        revision: record.revision,
+                        reason,
+                    }
+                })?;
+                if event.revision != record.revision {
+                    return Err(StoreError::CorruptRecord {
+                        revision: record.revision,
+                        reason: format!("holds revision {}", event.revision),
+                    });
+                }
+                Ok(event)
+            });
+            match decoded {
+                Ok(event) => batch.push(event),
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            }
+            if batch.len() == REPLAY_BATCH
+                && tx
+                    .send(Ok(std::mem::replace(
+                        &mut batch,
+                        Vec::with_capacity(REPLAY_BATCH),
+                    )))
+                    .is_err()
+            {
+                return;
+            }
+        }
+        let _ = tx.send(Ok(batch));
+    });
+    let mut replayed = 0u64;
+    let mut outcome = Ok(());
+    for batch in rx {
+        let applied = batch.and_then(|events| {
+            for event in events {
+                let revision = event.revision;
+                state
+                    .restore(revision, event.payload)
+                    .map_err(|reason| StoreError::CorruptRecord { revision, reason })?;
+                replayed += 1;
+            }
+            Ok(())
+        });
+        if let Err(e) = applied {
+            outcome = Err(e);
+            break;
+        }
+    }
+    // Dropping the receiver stops the reader at its next send.
+    let _ = reader.join();
+    outcome.map(|()| replayed)
 }

@@ -12,7 +12,7 @@ use dnsfence_api::store::v1 as pb;
 use dnsfence_eventlog::LogError;
 use dnsfence_policy::model::EventPayload;
 use futures::Stream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tonic::Status;
 use tracing::{debug, info};
 
@@ -90,13 +90,12 @@ pub fn start(store: Arc<Store>, params: WatchParams) -> WatchStream {
     let ended = Arc::new(Mutex::new(None));
     let end = Arc::clone(&ended);
     let stall = store.config().watch_stall_timeout;
+    let closing = store.closing();
     tokio::spawn(async move {
-        let mut sub = Subscriber { tx, stall };
+        let mut sub = Subscriber { tx, stall, closing };
         let result = sub.run(&store, params).await;
-        if let Err(status) = result {
-            if let Ok(mut slot) = end.lock() {
-                *slot = Some(status);
-            }
+        if let (Err(status), Ok(mut slot)) = (result, end.lock()) {
+            *slot = Some(status);
         }
     });
     WatchStream {
@@ -109,6 +108,12 @@ pub fn start(store: Arc<Store>, params: WatchParams) -> WatchStream {
 struct Subscriber {
     tx: mpsc::Sender<pb::WatchResponse>,
     stall: Duration,
+    /// The server is stopping: end the stream so its graceful shutdown can finish.
+    closing: watch::Receiver<bool>,
+}
+
+fn shutting_down() -> Stop {
+    Stop::Status(Status::unavailable("the store is shutting down"))
 }
 
 /// How a subscriber stopped without an error for the client.
@@ -128,19 +133,24 @@ impl Subscriber {
         }
     }
 
-    async fn send(&self, item: pb::WatchResponse, revision: u64) -> Result<(), Stop> {
-        match tokio::time::timeout(self.stall, self.tx.send(item)).await {
+    /// Queues `item`; `resume_from` is the revision a consumer cut off before receiving it
+    /// has everything up to, which the error tells it.
+    async fn send(&mut self, item: pb::WatchResponse, resume_from: u64) -> Result<(), Stop> {
+        let sent = tokio::select! {
+            sent = tokio::time::timeout(self.stall, self.tx.send(item)) => sent,
+            _ = self.closing.wait_for(|closing| *closing) => return Err(shutting_down()),
+        };
+        match sent {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(Stop::ClientGone),
             Err(_) => {
                 info!(
-                    revision,
+                    resume_from,
                     "cutting off a watcher that accepted nothing for {:?}", self.stall
                 );
                 Err(Stop::Status(Status::resource_exhausted(format!(
-                    "watcher too slow: accepted nothing for {:?}; resume with from_revision={}",
+                    "watcher too slow: accepted nothing for {:?}; resume with from_revision={resume_from}",
                     self.stall,
-                    revision.saturating_sub(1)
                 ))))
             }
         }
@@ -177,7 +187,8 @@ impl Subscriber {
                                         codec::event_to_proto(&event),
                                     )),
                                 };
-                                self.send(item, next).await?;
+                                // Not delivered yet: the consumer has what came before.
+                                self.send(item, record.revision - 1).await?;
                             }
                         }
                     }
@@ -196,7 +207,7 @@ impl Subscriber {
                 let item = pb::WatchResponse {
                     kind: Some(pb::watch_response::Kind::CaughtUp(next - 1)),
                 };
-                self.send(item, next).await?;
+                self.send(item, next - 1).await?;
             }
             tokio::select! {
                 changed = head_rx.changed() => {
@@ -205,12 +216,13 @@ impl Subscriber {
                     }
                 }
                 () = self.tx.closed() => return Err(Stop::ClientGone),
+                _ = self.closing.wait_for(|closing| *closing) => return Err(shutting_down()),
             }
         }
     }
 
     /// Sends the current state in parts and returns its revision.
-    async fn send_snapshot(&self, store: &Store, params: &WatchParams) -> Result<u64, Stop> {
+    async fn send_snapshot(&mut self, store: &Store, params: &WatchParams) -> Result<u64, Stop> {
         let content = store.read().await.snapshot();
         let revision = content.revision;
         // Only durable state may be shown.
@@ -226,7 +238,8 @@ impl Subscriber {
             let item = pb::WatchResponse {
                 kind: Some(pb::watch_response::Kind::Snapshot(part)),
             };
-            self.send(item, revision + 1).await?;
+            // An incomplete snapshot is no state: the consumer starts over from what it had.
+            self.send(item, params.from_revision).await?;
         }
         Ok(revision)
     }
