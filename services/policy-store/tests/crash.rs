@@ -88,26 +88,30 @@ async fn writer(
     }
 }
 
-/// The last event at or before `revision` that `pick` recognises.
-fn last_at_or_before<'a>(
-    events: &'a [pb::Event],
-    revision: u64,
-    pick: impl Fn(&pb::Event) -> Option<&str>,
-) -> Option<(u64, &'a str)> {
-    // Event i has revision i + 1 (checked before this is called).
-    let end = usize::try_from(revision).unwrap().min(events.len());
-    events[..end]
-        .iter()
-        .rev()
-        .find_map(|e| pick(e).map(|_| e))
-        .map(|e| (e.revision, pick_name(e)))
+/// The retained part of the log: `events[i]` has revision `first + i`.
+#[derive(Debug, Default)]
+struct Log {
+    first: u64,
+    events: Vec<pb::Event>,
 }
 
-fn pick_name(e: &pb::Event) -> &str {
-    match &e.payload {
-        Some(pb::event::Payload::PolicyApplied(p)) => &p.reference.as_ref().unwrap().name,
-        Some(pb::event::Payload::WorkloadUpserted(w)) => &w.key.as_ref().unwrap().name,
-        _ => "",
+impl Log {
+    fn get(&self, revision: u64) -> Option<&pb::Event> {
+        let i = usize::try_from(revision.checked_sub(self.first)?).ok()?;
+        self.events.get(i)
+    }
+
+    /// The last retained event at or before `revision` that `pick` names something in.
+    fn last_named(
+        &self,
+        revision: u64,
+        pick: impl Fn(&pb::Event) -> Option<&str>,
+    ) -> Option<(u64, String)> {
+        self.events
+            .iter()
+            .rev()
+            .filter(|e| e.revision <= revision)
+            .find_map(|e| pick(e).map(|name| (e.revision, name.to_string())))
     }
 }
 
@@ -118,13 +122,14 @@ fn upserted_name(event: &pb::Event) -> Option<&str> {
     }
 }
 
-/// Checks everything a restarted store must hold; returns the full event log it replayed.
+/// Checks everything a restarted store must hold; returns the retained log it replayed.
 async fn verify(
     client: &mut Client,
     acks: &Acks,
-    previous_log: &[pb::Event],
+    previous: &Log,
     cycle: usize,
-) -> Vec<pb::Event> {
+    compacting: bool,
+) -> Log {
     let s = status(client).await.unwrap();
     assert!(
         s.revision >= acks.highest(),
@@ -146,17 +151,12 @@ async fn verify(
         assert_eq!(record.generation, 1);
         assert_eq!(record.manifest, network_policy(name, &app_of(name)));
     }
-    let listed: BTreeSet<String> = client
-        .list(pb::ListRequest {
-            collection: pb::Collection::Workloads as i32,
-            namespace: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
+    let (listed_at, state) = list_all(client).await.unwrap();
+    assert_eq!(listed_at, s.revision);
+    let listed: BTreeSet<String> = state
         .workloads
-        .into_iter()
-        .map(|w| w.key.unwrap().name)
+        .iter()
+        .map(|w| w.key.as_ref().unwrap().name.clone())
         .collect();
     for (revision, name) in &acks.workloads {
         assert!(
@@ -165,43 +165,82 @@ async fn verify(
         );
     }
 
-    // The whole log, from the beginning: gap-free up to the head.
+    // From the beginning: without compaction the whole log, gap-free up to the head; with it,
+    // a snapshot of exactly the state List shows.
     let mut stream = watch(client, watch_request(0)).await.unwrap();
     let replay = read_until_caught_up(&mut stream).await.unwrap();
     drop(stream);
-    assert!(replay.snapshot.is_empty(), "nothing was compacted");
     assert_eq!(replay.caught_up, s.revision);
-    assert_eq!(replay.events.len() as u64, s.revision);
-    assert_consecutive(&replay.events, 1);
-
-    // What was logged before the crash is still logged, unchanged.
-    assert!(previous_log.len() <= replay.events.len());
-    for (old, new) in previous_log.iter().zip(&replay.events) {
-        assert_eq!(
-            old, new,
-            "cycle {cycle}: revision {} changed across a restart",
-            old.revision
-        );
+    if compacting {
+        assert!(s.snapshot_revision > 0 && s.first_retained > 1, "{s:?}");
+        let last = replay.snapshot.last().expect("a snapshot");
+        assert!(last.last);
+        assert_eq!(last.revision, s.revision);
+        assert!(replay.events.is_empty());
+        assert_eq!(State::from_snapshot(&replay.snapshot), state);
+    } else {
+        assert!(replay.snapshot.is_empty(), "nothing was compacted");
+        assert_eq!(s.first_retained, 1);
+        assert_eq!(replay.events.len() as u64, s.revision);
     }
 
-    // Each acknowledged revision is the end of the write that was acknowledged.
-    for (revision, name) in &acks.policies {
-        let found = last_at_or_before(&replay.events, *revision, applied_name);
-        assert_eq!(
-            found.map(|(_, n)| n),
-            Some(name.as_str()),
-            "cycle {cycle}: apply of {name} was acknowledged at revision {revision}, the last PolicyApplied up to it is {found:?}"
-        );
+    // Every retained event, gap-free up to the head.
+    let from = s.first_retained - 1;
+    let mut stream = watch(client, watch_request(from)).await.unwrap();
+    let replay = read_until_caught_up(&mut stream).await.unwrap();
+    drop(stream);
+    assert!(replay.snapshot.is_empty());
+    assert_eq!(replay.caught_up, s.revision);
+    assert_consecutive(&replay.events, s.first_retained);
+    assert_eq!(from + replay.events.len() as u64, s.revision);
+    let log = Log {
+        first: s.first_retained,
+        events: replay.events,
+    };
+
+    // What was logged before the crash and is still retained is unchanged.
+    for old in &previous.events {
+        if let Some(new) = log.get(old.revision) {
+            assert_eq!(
+                old, new,
+                "cycle {cycle}: revision {} changed across a restart",
+                old.revision
+            );
+        }
     }
-    for (revision, name) in &acks.workloads {
-        let found = last_at_or_before(&replay.events, *revision, upserted_name);
-        assert_eq!(
-            found.map(|(_, n)| n),
-            Some(name.as_str()),
-            "cycle {cycle}: upsert of {name} was acknowledged at revision {revision}, the last WorkloadUpserted up to it is {found:?}"
-        );
+
+    // Each acknowledged revision is the end of the write that was acknowledged: the last
+    // source event up to it is that write's. (A write's events are consecutive, so when its
+    // first one was compacted away, no other write's can be found in its place.)
+    let checks = [
+        (
+            &acks.policies,
+            applied_name as fn(&pb::Event) -> Option<&str>,
+        ),
+        (&acks.workloads, upserted_name),
+    ];
+    let mut checked = 0;
+    for (acked, pick) in checks {
+        for (revision, name) in acked {
+            if *revision < log.first {
+                continue;
+            }
+            let found = log.last_named(*revision, pick);
+            if found.is_none() && compacting {
+                continue;
+            }
+            assert_eq!(
+                found.as_ref().map(|(_, n)| n.as_str()),
+                Some(name.as_str()),
+                "cycle {cycle}: {name} was acknowledged at revision {revision}; the last such event up to it is {found:?}"
+            );
+            checked += 1;
+        }
     }
-    replay.events
+    if !compacting {
+        assert_eq!(checked, acks.policies.len() + acks.workloads.len());
+    }
+    log
 }
 
 /// A write right after a restart gets the next revision after the head: none is reused.
@@ -216,7 +255,11 @@ async fn assert_next_revision(client: &mut Client, cycle: usize, acks: &mut Acks
         .await
         .unwrap()
         .into_inner();
-    assert!(r.revision > head, "revision {} after head {head}", r.revision);
+    assert!(
+        r.revision > head,
+        "revision {} after head {head}",
+        r.revision
+    );
     let mut stream = watch(client, watch_request(head)).await.unwrap();
     let replay = read_until_caught_up(&mut stream).await.unwrap();
     let first = replay.events.first().expect("the new write is logged");
@@ -226,25 +269,26 @@ async fn assert_next_revision(client: &mut Client, cycle: usize, acks: &mut Acks
     acks.policies.push((r.revision, name));
 }
 
-async fn start(data: &Path, logs: &Path, run: usize) -> (ChildStore, Client) {
-    ChildStore::start(data, &logs.join(format!("store-{run}.log")), &[])
+async fn start(data: &Path, logs: &Path, run: usize, extra: &[&str]) -> (ChildStore, Client) {
+    ChildStore::start(data, &logs.join(format!("store-{run}.log")), extra)
         .await
         .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acknowledged_writes_survive_sigkill() {
+/// Runs writers against the store and SIGKILLs it, `KILL_CYCLES` times on one data dir,
+/// verifying after every restart.
+async fn kill_cycles(extra: &[&str], compacting: bool) {
     let dir = TempDir::new().unwrap();
     let data = dir.path().join("data");
     let acks = Arc::new(Mutex::new(Acks::default()));
     let counter = Arc::new(AtomicUsize::new(0));
-    let mut log: Vec<pb::Event> = Vec::new();
+    let mut log = Log::default();
 
     for cycle in 0..=KILL_CYCLES {
-        let (mut child, mut client) = start(&data, dir.path(), cycle).await;
+        let (mut child, mut client) = start(&data, dir.path(), cycle, extra).await;
         if cycle > 0 {
             let acknowledged = acks.lock().unwrap().clone();
-            log = verify(&mut client, &acknowledged, &log, cycle).await;
+            log = verify(&mut client, &acknowledged, &log, cycle, compacting).await;
             let mut more = Acks::default();
             assert_next_revision(&mut client, cycle, &mut more).await;
             acks.lock().unwrap().policies.extend(more.policies);
@@ -298,4 +342,15 @@ async fn acknowledged_writes_survive_sigkill() {
     let acks = acks.lock().unwrap();
     assert!(acks.policies.len() >= KILL_CYCLES * MIN_ACKS_PER_CYCLE);
     assert!(!acks.workloads.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_survive_sigkill() {
+    kill_cycles(&[], false).await;
+}
+
+/// The same with snapshots and compactions running all the time, so kills land during them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_survive_sigkill_while_compacting() {
+    kill_cycles(&["--compact-every", "50", "--retention", "10"], true).await;
 }

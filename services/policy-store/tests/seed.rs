@@ -303,14 +303,20 @@ async fn reapplying_a_manifest_is_unchanged_and_logs_nothing() {
     let before = status(&mut client).await.unwrap().revision;
 
     let again = client
-        .apply(apply_request(vec![manifest("allow-github.yaml", ALLOW_GITHUB)]))
+        .apply(apply_request(vec![manifest(
+            "allow-github.yaml",
+            ALLOW_GITHUB,
+        )]))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(again.objects.len(), 1);
     assert_eq!(again.objects[0].outcome, Outcome::Unchanged as i32);
     assert_eq!(again.objects[0].generation, 1);
-    assert_eq!(again.revision, before, "an unchanged apply adds no revision");
+    assert_eq!(
+        again.revision, before,
+        "an unchanged apply adds no revision"
+    );
     assert_eq!(status(&mut client).await.unwrap().revision, before);
 
     // A real change does: CONFIGURED, generation 2, a new revision.
@@ -344,7 +350,11 @@ async fn delete_is_all_or_nothing() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
-    assert!(err.message().contains("no-such-policy"), "{}", err.message());
+    assert!(
+        err.message().contains("no-such-policy"),
+        "{}",
+        err.message()
+    );
 
     let err = client
         .delete(pb::DeleteRequest {
@@ -354,7 +364,11 @@ async fn delete_is_all_or_nothing() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
-    assert!(err.message().contains("no-such-policy"), "{}", err.message());
+    assert!(
+        err.message().contains("no-such-policy"),
+        "{}",
+        err.message()
+    );
     let after = status(&mut client).await.unwrap();
     assert_eq!(after.revision, before.revision, "nothing was deleted");
     assert_eq!(after.policies, before.policies);
@@ -392,7 +406,9 @@ async fn delete_is_all_or_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_only_store_refuses_writes() {
     let dir = TempDir::new().unwrap();
-    let store = InProcess::start(dir.path(), &["--read-only"]).await.unwrap();
+    let store = InProcess::start(dir.path(), &["--read-only"])
+        .await
+        .unwrap();
     let mut client = store.client().await.unwrap();
 
     let err = apply_seed(&mut client).await.unwrap_err();

@@ -55,7 +55,13 @@ async fn resume_replays_exactly_the_missed_events_then_goes_live() {
         };
         upsert(
             &mut client,
-            vec![workload("default", &format!("pod-{n}"), labels, &ip_of(n), "n1")],
+            vec![workload(
+                "default",
+                &format!("pod-{n}"),
+                labels,
+                &ip_of(n),
+                "n1",
+            )],
         )
         .await
         .unwrap();
@@ -80,7 +86,13 @@ async fn resume_replays_exactly_the_missed_events_then_goes_live() {
     // Live: what is written now arrives on the same stream, in order, and nothing else.
     let r1 = upsert(
         &mut client,
-        vec![workload("default", "late", labels(&[("run", "nginx")]), "10.9.9.9", "n1")],
+        vec![workload(
+            "default",
+            "late",
+            labels(&[("run", "nginx")]),
+            "10.9.9.9",
+            "n1",
+        )],
     )
     .await
     .unwrap();
@@ -115,9 +127,16 @@ async fn resume_replays_exactly_the_missed_events_then_goes_live() {
     drop(stream);
 
     // Ahead of this store (a consumer of another store's log): a snapshot, not silence.
-    let mut stream = watch(&mut client, watch_request(head + 1_000)).await.unwrap();
+    let mut stream = watch(&mut client, watch_request(head + 1_000))
+        .await
+        .unwrap();
     let replay = read_until_caught_up(&mut stream).await.unwrap();
-    assert!(replay.snapshot.last().is_some_and(|s| s.last && s.revision == head));
+    assert!(
+        replay
+            .snapshot
+            .last()
+            .is_some_and(|s| s.last && s.revision == head)
+    );
     assert!(replay.events.is_empty());
     assert_eq!(replay.caught_up, head);
     drop(stream);
@@ -162,7 +181,11 @@ async fn a_compacted_revision_resumes_from_a_snapshot() {
     let mut stream = watch(&mut client, watch_request(1)).await.unwrap();
     let replay = read_until_caught_up(&mut stream).await.unwrap();
     drop(stream);
-    assert!(replay.snapshot.len() >= 2, "{} parts", replay.snapshot.len());
+    assert!(
+        replay.snapshot.len() >= 2,
+        "{} parts",
+        replay.snapshot.len()
+    );
     let snapshot_revision = replay.snapshot[0].revision;
     for (i, part) in replay.snapshot.iter().enumerate() {
         assert_eq!(part.revision, snapshot_revision, "part {i}");
@@ -225,7 +248,13 @@ async fn a_hundred_subscribers_see_the_same_log() {
             let labels = labels(&[("app", &format!("a{n}"))]);
             upsert(
                 &mut writer_client,
-                vec![workload("default", &format!("pod-{n}"), labels, &ip_of(n), "n1")],
+                vec![workload(
+                    "default",
+                    &format!("pod-{n}"),
+                    labels,
+                    &ip_of(n),
+                    "n1",
+                )],
             )
             .await
             .unwrap();
@@ -310,7 +339,13 @@ async fn a_stalled_subscriber_stalls_nobody_and_is_cut_off() {
         let workloads = (0..BATCH)
             .map(|i| {
                 let n = batch * BATCH + i;
-                workload("default", &format!("heavy-{n}"), heavy_labels(n), &ip_of(n), "n1")
+                workload(
+                    "default",
+                    &format!("heavy-{n}"),
+                    heavy_labels(n),
+                    &ip_of(n),
+                    "n1",
+                )
             })
             .collect();
         let started = Instant::now();
@@ -346,7 +381,8 @@ async fn a_stalled_subscriber_stalls_nobody_and_is_cut_off() {
         {
             Ok(Some(m)) => match m.kind.unwrap() {
                 Kind::Event(e) => received.push(e),
-                other => panic!("unexpected {other:?}"),
+                Kind::CaughtUp(_) => {}
+                Kind::Snapshot(s) => panic!("unexpected snapshot at {}", s.revision),
             },
             Ok(None) => panic!(
                 "the stalled stream ended without an error after {} events",
@@ -371,11 +407,12 @@ async fn a_stalled_subscriber_stalls_nobody_and_is_cut_off() {
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or_else(|| panic!("no resume hint in {:?}", status.message()));
     assert_eq!(
-        hint,
-        last,
+        hint, last,
         "the subscriber received up to {last}; resuming from {hint} would skip revisions"
     );
-    let mut resumed = watch(&mut stalled_client, watch_request(hint)).await.unwrap();
+    let mut resumed = watch(&mut stalled_client, watch_request(hint))
+        .await
+        .unwrap();
     let first = loop {
         if let Kind::Event(e) = next(&mut resumed).await.unwrap() {
             break e;
@@ -384,7 +421,14 @@ async fn a_stalled_subscriber_stalls_nobody_and_is_cut_off() {
     assert_eq!(first.revision, last + 1);
     println!("slowest write while a subscriber stalled: {slowest:?}");
 
-    drop((client, stalled, resumed, stalled_client, healthy_client, writer));
+    drop((
+        client,
+        stalled,
+        resumed,
+        stalled_client,
+        healthy_client,
+        writer,
+    ));
     store.stop().await.unwrap();
 }
 
@@ -420,10 +464,34 @@ async fn the_derived_view_of_a_node() {
     upsert(
         &mut client,
         vec![
-            workload("default", "nginx", labels(&[("run", "nginx")]), "10.0.1.1", "node-a"),
-            workload("default", "web-a", labels(&[("app", "web")]), "10.0.1.2", "node-a"),
-            workload("default", "web-b", labels(&[("app", "web")]), "10.0.2.2", "node-b"),
-            workload("default", "plain-b", Default::default(), "10.0.2.3", "node-b"),
+            workload(
+                "default",
+                "nginx",
+                labels(&[("run", "nginx")]),
+                "10.0.1.1",
+                "node-a",
+            ),
+            workload(
+                "default",
+                "web-a",
+                labels(&[("app", "web")]),
+                "10.0.1.2",
+                "node-a",
+            ),
+            workload(
+                "default",
+                "web-b",
+                labels(&[("app", "web")]),
+                "10.0.2.2",
+                "node-b",
+            ),
+            workload(
+                "default",
+                "plain-b",
+                Default::default(),
+                "10.0.2.3",
+                "node-b",
+            ),
         ],
     )
     .await
@@ -467,13 +535,25 @@ async fn the_derived_view_of_a_node() {
     // Live: a node-b pod is not node-a's business; a node-a pod is.
     upsert(
         &mut client,
-        vec![workload("default", "late-b", labels(&[("app", "web")]), "10.0.2.9", "node-b")],
+        vec![workload(
+            "default",
+            "late-b",
+            labels(&[("app", "web")]),
+            "10.0.2.9",
+            "node-b",
+        )],
     )
     .await
     .unwrap();
     upsert(
         &mut client,
-        vec![workload("default", "late-a", labels(&[("app", "web")]), "10.0.1.9", "node-a")],
+        vec![workload(
+            "default",
+            "late-a",
+            labels(&[("app", "web")]),
+            "10.0.1.9",
+            "node-a",
+        )],
     )
     .await
     .unwrap();
@@ -491,7 +571,13 @@ async fn the_derived_view_of_a_node() {
     // view too: its addresses may not stay bound there.
     let moved_at = upsert(
         &mut client,
-        vec![workload("default", "web-a", labels(&[("app", "web")]), "10.0.2.7", "node-b")],
+        vec![workload(
+            "default",
+            "web-a",
+            labels(&[("app", "web")]),
+            "10.0.2.7",
+            "node-b",
+        )],
     )
     .await
     .unwrap();
@@ -558,10 +644,25 @@ async fn the_derived_view_of_a_node() {
     .unwrap();
     let replay = read_until_caught_up(&mut stream).await.unwrap();
     let kinds: BTreeSet<&str> = replay.events.iter().map(payload_name).collect();
+    // (web-a's move is the removal of the old pod and the upsert of the new one.)
     assert_eq!(
         kinds,
-        BTreeSet::from(["PolicyApplied", "WorkloadUpserted"]),
+        BTreeSet::from(["PolicyApplied", "WorkloadRemoved", "WorkloadUpserted"]),
         "{kinds:?}"
+    );
+    let web_a: Vec<&str> = replay
+        .events
+        .iter()
+        .filter(|e| match &e.payload {
+            Some(Payload::WorkloadRemoved(k)) => k.name == "web-a",
+            Some(Payload::WorkloadUpserted(w)) => w.key.as_ref().unwrap().name == "web-a",
+            _ => false,
+        })
+        .map(payload_name)
+        .collect();
+    assert_eq!(
+        web_a,
+        vec!["WorkloadUpserted", "WorkloadRemoved", "WorkloadUpserted"]
     );
     drop(stream);
 

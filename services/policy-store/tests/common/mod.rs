@@ -450,12 +450,17 @@ pub fn watch_request(from_revision: u64) -> pb::WatchRequest {
     }
 }
 
-pub async fn watch(client: &mut Client, request: pb::WatchRequest) -> anyhow::Result<Streaming<pb::WatchResponse>> {
+pub async fn watch(
+    client: &mut Client,
+    request: pb::WatchRequest,
+) -> anyhow::Result<Streaming<pb::WatchResponse>> {
     Ok(client.watch(request).await?.into_inner())
 }
 
 /// The next message, failing after `PATIENCE` or when the stream ends.
-pub async fn next(stream: &mut Streaming<pb::WatchResponse>) -> anyhow::Result<pb::watch_response::Kind> {
+pub async fn next(
+    stream: &mut Streaming<pb::WatchResponse>,
+) -> anyhow::Result<pb::watch_response::Kind> {
     let message = tokio::time::timeout(PATIENCE, stream.message())
         .await
         .context("no watch message within 30 s")??
@@ -472,7 +477,9 @@ pub struct Replay {
 }
 
 /// Reads until `caught_up`.
-pub async fn read_until_caught_up(stream: &mut Streaming<pb::WatchResponse>) -> anyhow::Result<Replay> {
+pub async fn read_until_caught_up(
+    stream: &mut Streaming<pb::WatchResponse>,
+) -> anyhow::Result<Replay> {
     let mut replay = Replay::default();
     loop {
         match next(stream).await? {
