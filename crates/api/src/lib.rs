@@ -8,6 +8,7 @@
 //!   channels to `http(s)://` and `unix://` addresses, and reconnect backoff.
 
 pub mod convert;
+pub mod duration;
 pub mod error;
 pub mod tls;
 pub mod transport;
@@ -47,6 +48,7 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("dnsf
 
 pub use convert::grants::Grant;
 pub use convert::{default_policy_from_proto, default_policy_to_proto};
+pub use duration::parse_duration;
 pub use error::ApiError;
 pub use tls::{ClientTls, ServerTls};
 pub use transport::{

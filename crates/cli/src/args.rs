@@ -21,7 +21,7 @@ pub struct Cli {
     pub store: String,
 
     /// Deadline of each call to the store.
-    #[arg(long, global = true, env = "DNSFENCE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, global = true, env = "DNSFENCE_TIMEOUT", default_value = "10s", value_parser = dnsfence_api::parse_duration)]
     pub timeout: Duration,
 
     #[command(flatten)]
@@ -184,19 +184,4 @@ pub struct ExplainArgs {
     pub default: Option<String>,
     #[arg(short = 'o', long, value_enum, default_value = "table")]
     pub output: Output,
-}
-
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s
-        .find(|c: char| !c.is_ascii_digit())
-        .map_or((s, "s"), |i| s.split_at(i));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?}: expected a duration such as 500ms, 10s or 1m"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("{s:?}: unit must be ms, s or m")),
-    }
 }

@@ -175,6 +175,11 @@ impl EventLog {
         reader::Replay::new(Arc::clone(&self.inner.shared), after)
     }
 
+    /// Revision of the latest snapshot (0: none), without reading it.
+    pub fn snapshot_revision(&self) -> u64 {
+        self.inner.shared.snapshot_revision()
+    }
+
     /// Latest snapshot, if any.
     pub fn snapshot(&self) -> Result<Option<Snapshot>, LogError> {
         Ok(self

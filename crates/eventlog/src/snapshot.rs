@@ -28,9 +28,8 @@ pub(crate) async fn compact(
             head,
         });
     }
-    if let Some((current, _)) = shared.read_snapshot()?
-        && revision < current
-    {
+    let current = shared.snapshot_revision();
+    if revision < current {
         return Err(LogError::SnapshotRegression {
             requested: revision,
             current,
@@ -46,6 +45,11 @@ pub(crate) async fn compact(
     let meta = shared.meta.clone();
     blocking(move || meta.apply_batch(meta_batch).map_err(LogError::from)).await?;
     shared.db.flush_async().await?;
+    // Published before the floor rises, so a reader never sees records gone without the
+    // snapshot that replaces them.
+    shared
+        .snapshot_revision
+        .store(revision, std::sync::atomic::Ordering::Release);
 
     let cutoff = revision.saturating_sub(shared.config.retention);
     let removed = delete_through(shared, cutoff).await?;

@@ -69,6 +69,7 @@ pub(crate) struct Shared {
     /// Highest revision removed by compaction; `first_retained == floor + 1`. Raised *before*
     /// records are deleted so a concurrent reader gets `Compacted` instead of a silent gap.
     pub floor: AtomicU64,
+    pub snapshot_revision: AtomicU64,
     pub head_tx: watch::Sender<u64>,
     pub poison: OnceLock<String>,
     pub counters: Counters,
@@ -159,6 +160,7 @@ impl Shared {
             meta,
             head: AtomicU64::new(head),
             floor: AtomicU64::new(floor),
+            snapshot_revision: AtomicU64::new(snapshot_revision),
             head_tx,
             poison: OnceLock::new(),
             counters: Counters::default(),
@@ -168,6 +170,12 @@ impl Shared {
 
     pub fn head(&self) -> u64 {
         self.head.load(Ordering::Acquire)
+    }
+
+    /// Revision of the stored snapshot (0: none), kept in memory so callers need not read
+    /// the snapshot to learn it.
+    pub fn snapshot_revision(&self) -> u64 {
+        self.snapshot_revision.load(Ordering::Acquire)
     }
 
     pub fn first_retained(&self) -> u64 {

@@ -156,7 +156,12 @@ impl NameDecision {
 pub struct Allowlist {
     id: AllowlistId,
     rules: Vec<Rule>,
+    /// Rules by domain pattern.
     domains: DomainTrie<u32>,
+    /// Rules every destination meets: `Any` destinations and the isolation rule.
+    unconditional: Vec<u32>,
+    /// Rules with CIDRs, the only ones an address can match besides `unconditional`.
+    with_cidrs: Vec<u32>,
 }
 
 impl fmt::Debug for Allowlist {
@@ -186,18 +191,40 @@ impl Allowlist {
     /// Rebuilds an allowlist received from the store (keeps the store's id).
     pub fn from_parts(id: AllowlistId, rules: Vec<Rule>) -> Allowlist {
         let mut domains = DomainTrie::new();
+        let mut unconditional = Vec::new();
+        let mut with_cidrs = Vec::new();
         for (i, rule) in rules.iter().enumerate() {
-            if let RuleKind::Match {
-                destinations: Destinations::Peers { domains: pats, .. },
-                ..
-            } = &rule.kind
-            {
-                for pat in pats {
-                    domains.insert(pat, i as u32);
+            let i = i as u32;
+            match &rule.kind {
+                RuleKind::Isolation { .. }
+                | RuleKind::Match {
+                    destinations: Destinations::Any,
+                    ..
+                } => unconditional.push(i),
+                RuleKind::Match {
+                    destinations:
+                        Destinations::Peers {
+                            domains: pats,
+                            cidrs,
+                        },
+                    ..
+                } => {
+                    for pat in pats {
+                        domains.insert(pat, i);
+                    }
+                    if !cidrs.is_empty() {
+                        with_cidrs.push(i);
+                    }
                 }
             }
         }
-        Allowlist { id, rules, domains }
+        Allowlist {
+            id,
+            rules,
+            domains,
+            unconditional,
+            with_cidrs,
+        }
     }
 
     pub fn id(&self) -> &AllowlistId {
@@ -211,31 +238,19 @@ impl Allowlist {
     /// Indices of the rules that can match `dest`, in order. Names go through the trie, so the
     /// cost is O(labels + matching rules), not O(rules).
     fn candidates(&self, dest: Destination<'_>) -> Vec<usize> {
-        let mut out: Vec<usize> = Vec::new();
-        if let Destination::Name(name) = dest {
-            self.domains.for_each_match(name, |i| out.push(i as usize));
-        }
-        for (i, rule) in self.rules.iter().enumerate() {
-            let hit = match (&rule.kind, dest) {
-                (RuleKind::Isolation { .. }, _) => true,
-                (
-                    RuleKind::Match {
-                        destinations: Destinations::Any,
-                        ..
-                    },
-                    _,
-                ) => true,
-                (
-                    RuleKind::Match {
-                        destinations: Destinations::Peers { cidrs, .. },
-                        ..
-                    },
-                    Destination::Address(ip),
-                ) => cidrs.iter().any(|c| c.contains(&ip)),
-                _ => false,
-            };
-            if hit {
-                out.push(i);
+        let mut out: Vec<usize> = self.unconditional.iter().map(|&i| i as usize).collect();
+        match dest {
+            Destination::Name(name) => self.domains.for_each_match(name, |i| out.push(i as usize)),
+            Destination::Address(ip) => {
+                out.extend(self.with_cidrs.iter().map(|&i| i as usize).filter(|&i| {
+                    match &self.rules[i].kind {
+                        RuleKind::Match {
+                            destinations: Destinations::Peers { cidrs, .. },
+                            ..
+                        } => cidrs.iter().any(|c| c.contains(&ip)),
+                        RuleKind::Match { .. } | RuleKind::Isolation { .. } => false,
+                    }
+                }))
             }
         }
         out.sort_unstable();

@@ -75,6 +75,23 @@ impl Compiler {
         })
     }
 
+    /// The labels of a namespace the store was told about.
+    pub fn namespace(&self, name: &str) -> Option<&Labels> {
+        self.namespaces.get(name)
+    }
+
+    pub fn namespace_count(&self) -> usize {
+        self.namespaces.len()
+    }
+
+    pub fn workload_count(&self) -> usize {
+        self.workloads.len()
+    }
+
+    pub fn allowlist_count(&self) -> usize {
+        self.allowlists.len()
+    }
+
     pub fn workloads(&self) -> impl Iterator<Item = &Workload> {
         self.workloads.values()
     }
@@ -389,12 +406,7 @@ impl Compiler {
         pods: &'a LabelSelector,
     ) -> impl Iterator<Item = &'a Workload> + 'a {
         let namespaces: Vec<&String> = match scope {
-            NamespaceScope::Own(ns) => self
-                .by_namespace
-                .get_key_value(ns)
-                .map(|(k, _)| k)
-                .into_iter()
-                .collect(),
+            NamespaceScope::Own(ns) => vec![ns],
             NamespaceScope::Selector(sel) => self
                 .by_namespace
                 .keys()

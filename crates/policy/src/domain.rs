@@ -34,7 +34,7 @@ impl DomainPattern {
             ));
         }
         let name = rest.strip_suffix('.').unwrap_or(rest);
-        validate_name(name).map_err(|reason| format!("{raw:?}: {reason}"))?;
+        validate_name(name, 2).map_err(|reason| format!("{raw:?}: {reason}"))?;
         let name = name.to_ascii_lowercase();
         Ok(if wildcard {
             DomainPattern::Wildcard(name)
@@ -63,14 +63,22 @@ impl fmt::Display for DomainPattern {
     }
 }
 
+/// Checks a name as a client would query it (no wildcard; one label is enough, as in
+/// `localhost`) and returns it normalized.
+pub fn parse_query_name(raw: &str) -> Result<String, String> {
+    let name = raw.strip_suffix('.').unwrap_or(raw);
+    validate_name(name, 1).map_err(|reason| format!("{raw:?}: {reason}"))?;
+    Ok(name.to_ascii_lowercase())
+}
+
 /// Lower-cases and strips one trailing dot: the form patterns are stored in.
 pub fn normalize_name(name: &str) -> String {
     name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase()
 }
 
-/// The EKS CRD pattern: at least two labels; labels of letters, digits, `-` and `_`, not
-/// starting or ending with `-`/`_`.
-fn validate_name(name: &str) -> Result<(), String> {
+/// The EKS CRD pattern (patterns need `min_labels` = 2): labels of letters, digits, `-` and
+/// `_`, not starting or ending with `-`/`_`.
+fn validate_name(name: &str, min_labels: usize) -> Result<(), String> {
     if name.is_empty() {
         return Err("a domain name may not be empty".into());
     }
@@ -78,7 +86,7 @@ fn validate_name(name: &str) -> Result<(), String> {
         return Err(format!("longer than {MAX_NAME_LEN} characters"));
     }
     let labels: Vec<&str> = name.split('.').collect();
-    if labels.len() < 2 {
+    if labels.len() < min_labels {
         return Err("needs at least two labels (\"example.com\")".into());
     }
     for label in labels {
@@ -292,6 +300,21 @@ mod tests {
                 .unwrap_err()
                 .contains("longer than 63")
         );
+    }
+
+    #[test]
+    fn query_names() {
+        assert_eq!(
+            parse_query_name("API.GitHub.com.").unwrap(),
+            "api.github.com"
+        );
+        assert_eq!(parse_query_name("localhost").unwrap(), "localhost");
+        assert!(
+            parse_query_name("*.github.com")
+                .unwrap_err()
+                .contains("invalid character '*'")
+        );
+        assert!(parse_query_name("a..b").is_err());
     }
 
     #[test]

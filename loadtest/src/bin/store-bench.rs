@@ -3,7 +3,6 @@
 //! dnsfence-loadtest --bin store-bench` (flags scale it down for a quick look).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,8 +10,9 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use dnsfence_api::store::v1 as pb;
 use dnsfence_api::store::v1::policy_store_client::PolicyStoreClient;
+use dnsfence_loadtest::synthetic_workload;
 use dnsfence_policy::compile::{Compiler, SourceChange};
-use dnsfence_policy::model::{Workload, WorkloadKey};
+use dnsfence_policy::model::Workload;
 use dnsfence_policy_store::{Config, Store};
 use tonic::transport::Channel;
 
@@ -43,25 +43,6 @@ fn peak_rss_mib() -> f64 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|kb| kb.parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
-}
-
-fn workload(i: usize, namespaces: usize, apps: usize) -> Workload {
-    let ns = i % namespaces;
-    let ip = Ipv4Addr::from(0x0a00_0000u32 + i as u32 + 1);
-    Workload {
-        key: WorkloadKey {
-            namespace: format!("ns-{ns}"),
-            name: format!("pod-{i}"),
-        },
-        labels: [(
-            "app".to_string(),
-            format!("app-{}", (i / namespaces) % apps),
-        )]
-        .into_iter()
-        .collect(),
-        ips: vec![ip.into()],
-        node: format!("node-{}", i % 50),
-    }
 }
 
 fn anp(i: usize, namespaces: usize, apps: usize) -> String {
@@ -118,7 +99,7 @@ async fn throughput(
     batch: usize,
     seconds: u64,
     offset: usize,
-) -> Result<(u64, u64, f64)> {
+) -> Result<(u64, f64)> {
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -130,7 +111,11 @@ async fn throughput(
             while Instant::now() < deadline {
                 let workloads = (0..batch)
                     .map(|j| {
-                        let mut w = workload(offset + (t * 1_000_000) + round * batch + j, 100, 50);
+                        let mut w = synthetic_workload(
+                            offset + (t * 1_000_000) + round * batch + j,
+                            100,
+                            50,
+                        );
                         w.node = format!("node-{round}");
                         pb_workload(&w)
                     })
@@ -148,7 +133,42 @@ async fn throughput(
     for t in tasks {
         calls += t.await?;
     }
-    Ok((calls, 0, start.elapsed().as_secs_f64()))
+    Ok((calls, start.elapsed().as_secs_f64()))
+}
+
+/// `subscribers` concurrent derived-view watches from revision 0, each read until it is caught
+/// up; returns how many events they received in total.
+async fn fan_out(addr: &str, subscribers: usize, snapshot: bool) -> Result<u64> {
+    let mut tasks = Vec::new();
+    for _ in 0..subscribers {
+        let mut c = client(addr).await?;
+        tasks.push(tokio::spawn(async move {
+            let mut s = c
+                .watch(pb::WatchRequest {
+                    from_revision: 0,
+                    view: pb::View::Derived as i32,
+                    node: String::new(),
+                    snapshot,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            let mut n = 0u64;
+            while let Some(m) = s.message().await.unwrap() {
+                match m.kind {
+                    Some(pb::watch_response::Kind::Event(_)) => n += 1,
+                    Some(pb::watch_response::Kind::CaughtUp(_)) => break,
+                    _ => {}
+                }
+            }
+            n
+        }));
+    }
+    let mut delivered = 0;
+    for t in tasks {
+        delivered += t.await?;
+    }
+    Ok(delivered)
 }
 
 #[tokio::main]
@@ -178,7 +198,7 @@ async fn main() -> Result<()> {
         let parse_secs = t.elapsed().as_secs_f64();
         changes.extend(
             (0..args.workloads)
-                .map(|i| SourceChange::UpsertWorkload(workload(i, namespaces, apps))),
+                .map(|i| SourceChange::UpsertWorkload(synthetic_workload(i, namespaces, apps))),
         );
         let mut compiler = Compiler::new();
         let t = Instant::now();
@@ -216,7 +236,7 @@ async fn main() -> Result<()> {
         for (writers, batch) in [(64usize, 1usize), (16, 100)] {
             let before = store.log().head();
             let stats0 = store.log().stats();
-            let (calls, _, secs) =
+            let (calls, secs) =
                 throughput(&addr, writers, batch, args.seconds, before as usize).await?;
             let events = store.log().head() - before;
             let flushes = store.log().stats().flushes - stats0.flushes;
@@ -239,7 +259,7 @@ async fn main() -> Result<()> {
         let t = Instant::now();
         while store.log().head() < args.replay_events {
             let workloads = (0..5_000)
-                .map(|j| pb_workload(&workload(i + j, 100, 50)))
+                .map(|j| pb_workload(&synthetic_workload(i + j, 100, 50)))
                 .collect();
             c.upsert_workloads(pb::UpsertWorkloadsRequest { workloads })
                 .await?;
@@ -275,42 +295,14 @@ async fn main() -> Result<()> {
         let mut c = client(&addr).await?;
         for chunk in 0..(args.fanout_workloads / 1_000).max(1) {
             let workloads = (0..1_000)
-                .map(|j| pb_workload(&workload(chunk * 1_000 + j, 100, 50)))
+                .map(|j| pb_workload(&synthetic_workload(chunk * 1_000 + j, 100, 50)))
                 .collect();
             c.upsert_workloads(pb::UpsertWorkloadsRequest { workloads })
                 .await?;
         }
         let head = store.log().head();
         let t = Instant::now();
-        let mut tasks = Vec::new();
-        for _ in 0..args.subscribers {
-            let mut c = client(&addr).await?;
-            tasks.push(tokio::spawn(async move {
-                let mut s = c
-                    .watch(pb::WatchRequest {
-                        from_revision: 0,
-                        view: pb::View::Derived as i32,
-                        node: String::new(),
-                        snapshot: false,
-                    })
-                    .await
-                    .unwrap()
-                    .into_inner();
-                let mut n = 0u64;
-                while let Some(m) = s.message().await.unwrap() {
-                    match m.kind {
-                        Some(pb::watch_response::Kind::Event(_)) => n += 1,
-                        Some(pb::watch_response::Kind::CaughtUp(_)) => break,
-                        _ => {}
-                    }
-                }
-                n
-            }));
-        }
-        let mut delivered = 0;
-        for t in tasks {
-            delivered += t.await?;
-        }
+        let delivered = fan_out(&addr, args.subscribers, false).await?;
         let secs = t.elapsed().as_secs_f64();
         println!(
             "watch fan-out: {} subscribers caught up on {head} events (derived view) in {secs:.1} s, {:.0} events/s delivered in total",
@@ -318,30 +310,7 @@ async fn main() -> Result<()> {
             delivered as f64 / secs
         );
         let t = Instant::now();
-        let mut tasks = Vec::new();
-        for _ in 0..args.subscribers {
-            let mut c = client(&addr).await?;
-            tasks.push(tokio::spawn(async move {
-                let mut s = c
-                    .watch(pb::WatchRequest {
-                        from_revision: 0,
-                        view: pb::View::Derived as i32,
-                        node: String::new(),
-                        snapshot: true,
-                    })
-                    .await
-                    .unwrap()
-                    .into_inner();
-                while let Some(m) = s.message().await.unwrap() {
-                    if let Some(pb::watch_response::Kind::CaughtUp(_)) = m.kind {
-                        break;
-                    }
-                }
-            }));
-        }
-        for t in tasks {
-            t.await?;
-        }
+        fan_out(&addr, args.subscribers, true).await?;
         println!(
             "watch fan-out with snapshot: {} subscribers caught up in {:.1} s",
             args.subscribers,

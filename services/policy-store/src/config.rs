@@ -1,4 +1,3 @@
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -15,9 +14,9 @@ pub struct Config {
     #[arg(long, env = "DNSFENCE_DATA_DIR", default_value = "./.dnsfence-store")]
     pub data_dir: PathBuf,
 
-    /// TCP address of the gRPC API. Empty to serve only on the Unix socket.
+    /// TCP address of the gRPC API (HOST:PORT). Empty to serve only on the Unix socket.
     #[arg(long, env = "DNSFENCE_LISTEN", default_value = "127.0.0.1:50051")]
-    pub listen: Option<SocketAddr>,
+    pub listen: String,
 
     /// Also serve the gRPC API on this Unix socket (reachable from other network namespaces).
     #[arg(long, env = "DNSFENCE_UNIX_SOCKET")]
@@ -43,7 +42,7 @@ pub struct Config {
 
     /// A watcher that accepts nothing for this long is cut off (it reconnects and resumes),
     /// so one stalled consumer never holds memory or the writer.
-    #[arg(long, env = "DNSFENCE_WATCH_STALL_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "DNSFENCE_WATCH_STALL_TIMEOUT", default_value = "30s", value_parser = dnsfence_api::parse_duration)]
     pub watch_stall_timeout: Duration,
 
     #[command(flatten)]
@@ -57,20 +56,4 @@ pub struct Config {
 fn parse_default(s: &str) -> Result<dnsfence_policy::allowlist::DefaultPolicy, String> {
     dnsfence_policy::allowlist::DefaultPolicy::parse(s)
         .ok_or_else(|| format!("{s:?}: expected DefaultAllow or DefaultDeny"))
-}
-
-/// `500ms`, `30s`, `5m`, or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s
-        .find(|c: char| !c.is_ascii_digit())
-        .map_or((s, "s"), |i| s.split_at(i));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?}: expected a duration such as 500ms, 30s or 5m"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("{s:?}: unit must be ms, s or m")),
-    }
 }

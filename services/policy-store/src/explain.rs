@@ -53,7 +53,7 @@ pub fn explain(
     let dest = match destination.parse::<IpAddr>() {
         Ok(ip) => Destination::Address(ip),
         Err(_) => {
-            dnsfence_policy::domain::DomainPattern::parse(destination).map_err(|reason| {
+            dnsfence_policy::domain::parse_query_name(destination).map_err(|reason| {
                 ExplainError::BadDestination(format!(
                     "destination {reason}; give a domain name or an IP address"
                 ))

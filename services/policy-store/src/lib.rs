@@ -31,31 +31,26 @@ const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 /// Binds the listeners the config names (TCP and/or Unix socket).
 pub async fn bind(config: &Config) -> Result<Vec<Listener>, StoreError> {
     let mut listeners = Vec::new();
-    if let Some(addr) = config.listen {
-        let l = tokio::net::TcpListener::bind(addr)
+    if !config.listen.is_empty() {
+        let l = Listener::bind(&config.listen)
             .await
-            .map_err(|e| StoreError::Config(format!("--listen {addr}: {e}")))?;
-        listeners.push(Listener::Tcp(l));
+            .map_err(|e| StoreError::Config(format!("--listen: {e}")))?;
+        listeners.push(l);
     }
     if let Some(path) = &config.unix_socket {
-        // A socket file left by a crashed store would make bind fail.
-        if path.exists() {
-            std::fs::remove_file(path).map_err(|e| {
-                StoreError::Config(format!("--unix-socket {}: {e}", path.display()))
-            })?;
-        }
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| {
                 StoreError::Config(format!("--unix-socket {}: {e}", path.display()))
             })?;
         }
-        let l = tokio::net::UnixListener::bind(path)
-            .map_err(|e| StoreError::Config(format!("--unix-socket {}: {e}", path.display())))?;
-        listeners.push(Listener::Unix(l));
+        let l = Listener::bind(&format!("unix://{}", path.display()))
+            .await
+            .map_err(|e| StoreError::Config(format!("--unix-socket: {e}")))?;
+        listeners.push(l);
     }
     if listeners.is_empty() {
         return Err(StoreError::Config(
-            "nothing to listen on: give --listen or --unix-socket".into(),
+            "nothing to listen on: give --listen HOST:PORT or --unix-socket PATH".into(),
         ));
     }
     Ok(listeners)

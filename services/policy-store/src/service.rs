@@ -373,12 +373,12 @@ impl PolicyStore for StoreService {
         Ok(Response::new(pb::StatusResponse {
             revision: state.revision,
             first_retained: log.first_retained(),
-            snapshot_revision: log.snapshot().ok().flatten().map_or(0, |s| s.revision),
+            snapshot_revision: self.store.snapshot_revision(),
             policies: state.records.len() as u64,
-            workloads: state.compiler.workloads().count() as u64,
-            namespaces: state.compiler.namespaces().count() as u64,
-            allowlists: state.compiler.allowlists().count() as u64,
-            watchers: 0,
+            workloads: state.compiler.workload_count() as u64,
+            namespaces: state.compiler.namespace_count() as u64,
+            allowlists: state.compiler.allowlist_count() as u64,
+            watchers: u32::try_from(self.store.watchers()).unwrap_or(u32::MAX),
             version: env!("CARGO_PKG_VERSION").to_string(),
             writes_enabled: !self.store.config().read_only,
         }))

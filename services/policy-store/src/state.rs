@@ -31,12 +31,7 @@ impl StoreState {
     /// carry the compiler's results.
     pub fn restore(&mut self, revision: u64, payload: EventPayload) -> Result<(), String> {
         match payload {
-            EventPayload::PolicyApplied(record) => {
-                let policy = parse_record(&record)?;
-                self.compiler
-                    .restore_source(SourceChange::ApplyPolicy(policy));
-                self.records.insert(record.reference.clone(), record);
-            }
+            EventPayload::PolicyApplied(record) => self.restore_policy(record)?,
             EventPayload::PolicyDeleted(reference) => {
                 self.records.remove(&reference);
                 self.compiler
@@ -66,10 +61,7 @@ impl StoreState {
 
     pub fn restore_snapshot(&mut self, snapshot: SnapshotContent) -> Result<(), String> {
         for record in snapshot.policies {
-            let policy = parse_record(&record)?;
-            self.compiler
-                .restore_source(SourceChange::ApplyPolicy(policy));
-            self.records.insert(record.reference.clone(), record);
+            self.restore_policy(record)?;
         }
         for ns in snapshot.namespaces {
             self.compiler
@@ -91,6 +83,15 @@ impl StoreState {
         Ok(())
     }
 
+    /// A logged manifest parses again with the same code that accepted it.
+    fn restore_policy(&mut self, record: PolicyRecord) -> Result<(), String> {
+        let policy = parse_record(&record)?;
+        self.compiler
+            .restore_source(SourceChange::ApplyPolicy(policy));
+        self.records.insert(record.reference.clone(), record);
+        Ok(())
+    }
+
     /// The whole state as a snapshot at the current revision.
     pub fn snapshot(&self) -> SnapshotContent {
         SnapshotContent {
@@ -108,7 +109,6 @@ impl StoreState {
     }
 }
 
-/// A logged manifest parses again with the same code that accepted it.
 fn parse_record(record: &PolicyRecord) -> Result<dnsfence_policy::policy::Policy, String> {
     let objects = manifest::parse_documents(&record.manifest, &record.reference.namespace)
         .map_err(|errors| {

@@ -5,7 +5,7 @@
 //! log group-commits what concurrent writers queued meanwhile into one flush.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use dnsfence_eventlog::{EventLog, LogConfig};
 use dnsfence_policy::model::{Event, EventPayload};
@@ -28,14 +28,24 @@ pub enum WriteError<E> {
     Log(String),
 }
 
+/// Decrements the watcher count when a watch stream's task ends.
+#[derive(Debug)]
+pub struct WatcherGuard<'a>(&'a AtomicUsize);
+
+impl Drop for WatcherGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 #[derive(Debug)]
 pub struct Store {
     state: RwLock<StoreState>,
     log: EventLog,
     config: Config,
-    /// Revision of the latest snapshot in the log.
-    snapshot_revision: AtomicU64,
     compacting: AtomicBool,
+    /// Open Watch streams.
+    watchers: AtomicUsize,
     /// Set when the log failed: `run` shuts the server down.
     fatal: watch::Sender<Option<String>>,
     /// Set when the server begins to shut down: watch streams end, so that the server's
@@ -54,10 +64,7 @@ impl Store {
         )?;
         let started = std::time::Instant::now();
         let mut state = StoreState::default();
-        let mut replayed = 0u64;
-        let mut snapshot_revision = 0;
         if let Some(snapshot) = log.snapshot()? {
-            snapshot_revision = snapshot.revision;
             let content = codec::decode_snapshot(&snapshot.bytes).map_err(|reason| {
                 StoreError::CorruptSnapshot {
                     revision: snapshot.revision,
@@ -71,7 +78,7 @@ impl Store {
                     reason,
                 })?;
         }
-        replayed += replay(&log, &mut state)?;
+        let replayed = replay(&log, &mut state)?;
         // Compaction can leave the log's head above the last retained record.
         state.revision = state.revision.max(log.head());
         info!(
@@ -86,8 +93,8 @@ impl Store {
             state: RwLock::new(state),
             log,
             config,
-            snapshot_revision: AtomicU64::new(snapshot_revision),
             compacting: AtomicBool::new(false),
+            watchers: AtomicUsize::new(0),
             fatal,
             closing,
         }))
@@ -103,6 +110,21 @@ impl Store {
 
     pub async fn read(&self) -> tokio::sync::RwLockReadGuard<'_, StoreState> {
         self.state.read().await
+    }
+
+    /// Revision of the latest snapshot (0: none yet).
+    pub fn snapshot_revision(&self) -> u64 {
+        self.log.snapshot_revision()
+    }
+
+    pub fn watchers(&self) -> usize {
+        self.watchers.load(Ordering::Relaxed)
+    }
+
+    /// Counts a watch stream for as long as the returned guard lives.
+    pub fn watcher_started(&self) -> WatcherGuard<'_> {
+        self.watchers.fetch_add(1, Ordering::Relaxed);
+        WatcherGuard(&self.watchers)
     }
 
     pub fn fatal(&self) -> watch::Receiver<Option<String>> {
@@ -185,7 +207,7 @@ impl Store {
     /// Snapshots and compacts once enough events piled up since the last snapshot. Runs in the
     /// background: writers do not wait for it.
     fn maybe_compact(self: &Arc<Self>, revision: u64) {
-        let since = revision.saturating_sub(self.snapshot_revision.load(Ordering::Relaxed));
+        let since = revision.saturating_sub(self.log.snapshot_revision());
         if since < self.config.compact_every || self.compacting.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -202,17 +224,16 @@ impl Store {
     pub async fn compact(&self) -> Result<u64, StoreError> {
         let (revision, bytes) = {
             let state = self.state.read().await;
+            if state.revision <= self.log.snapshot_revision() {
+                return Ok(0);
+            }
             (state.revision, codec::encode_snapshot(&state.snapshot()))
         };
-        if revision <= self.snapshot_revision.load(Ordering::Relaxed) {
-            return Ok(0);
-        }
         // Only durable state may become a snapshot.
         self.wait_durable::<()>(revision)
             .await
             .map_err(|e| StoreError::Config(e.to_string()))?;
         let removed = self.log.compact(revision, bytes).await?;
-        self.snapshot_revision.store(revision, Ordering::Relaxed);
         info!(revision, removed, "snapshot written, log compacted");
         Ok(removed)
     }

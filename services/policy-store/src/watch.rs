@@ -92,6 +92,7 @@ pub fn start(store: Arc<Store>, params: WatchParams) -> WatchStream {
     let stall = store.config().watch_stall_timeout;
     let closing = store.closing();
     tokio::spawn(async move {
+        let _counted = store.watcher_started();
         let mut sub = Subscriber { tx, stall, closing };
         let result = sub.run(&store, params).await;
         if let (Err(status), Ok(mut slot)) = (result, end.lock()) {

@@ -236,8 +236,7 @@ pub fn upsert_namespaces(state: &mut StoreState, namespaces: Vec<Namespace>) -> 
     let mut changes = Vec::new();
     for ns in namespaces {
         let labels = dnsfence_policy::compile::namespace_labels(&ns.name, ns.labels.clone());
-        let known = state.compiler.namespaces().find(|n| n.name == ns.name);
-        if known.is_some_and(|n| n.labels == labels) {
+        if state.compiler.namespace(&ns.name) == Some(&labels) {
             continue;
         }
         let ns = Namespace {
@@ -256,7 +255,7 @@ pub fn remove_namespaces(state: &mut StoreState, names: Vec<String>) -> Vec<Even
     let mut changes = Vec::new();
     let unique: BTreeSet<String> = names.into_iter().collect();
     for name in unique {
-        if !state.compiler.namespaces().any(|n| n.name == name) {
+        if state.compiler.namespace(&name).is_none() {
             continue;
         }
         events.push(EventPayload::NamespaceRemoved(name.clone()));

@@ -139,15 +139,9 @@ async fn verify(
     );
 
     for (revision, name) in &acks.policies {
-        let record = client
-            .get(pb::GetRequest {
-                reference: Some(np_ref(name)),
-            })
-            .await
-            .unwrap_or_else(|e| {
-                panic!("cycle {cycle}: {name}, acknowledged at revision {revision}, is lost: {e}")
-            })
-            .into_inner();
+        let record = get_policy(client, np_ref(name)).await.unwrap_or_else(|e| {
+            panic!("cycle {cycle}: {name}, acknowledged at revision {revision}, is lost: {e}")
+        });
         assert_eq!(record.generation, 1);
         assert_eq!(record.manifest, network_policy(name, &app_of(name)));
     }

@@ -120,18 +120,15 @@ async fn a_graceful_restart_preserves_the_state() {
     assert_eq!(explain_nginx(&mut client).await, explained);
 
     // And it goes on from there.
-    let r = upsert(
+    let r = add_pod(
         &mut client,
-        vec![workload(
-            "default",
-            "new",
-            Default::default(),
-            "10.8.8.8",
-            "",
-        )],
+        "default",
+        "new",
+        Default::default(),
+        "10.8.8.8",
+        "",
     )
-    .await
-    .unwrap();
+    .await;
     assert!(r > revision);
     drop(client);
     store.stop().await.unwrap();
@@ -159,18 +156,15 @@ async fn a_restart_after_compaction_preserves_the_state() {
     .await
     .unwrap();
     // Some events after the snapshot, so the restart replays snapshot + tail.
-    let tail = upsert(
+    let tail = add_pod(
         &mut client,
-        vec![workload(
-            "default",
-            "tail",
-            labels(&[("run", "nginx")]),
-            "10.7.7.7",
-            "",
-        )],
+        "default",
+        "tail",
+        labels(&[("run", "nginx")]),
+        "10.7.7.7",
+        "",
     )
-    .await
-    .unwrap();
+    .await;
     assert!(tail > s.snapshot_revision);
     let (revision, before) = list_all(&mut client).await.unwrap();
     let explained = explain_nginx(&mut client).await;
@@ -198,18 +192,15 @@ async fn a_restart_after_compaction_preserves_the_state() {
     assert_eq!(State::from_snapshot(&replay.snapshot), after);
 
     // No revision is handed out twice.
-    let r = upsert(
+    let r = add_pod(
         &mut client,
-        vec![workload(
-            "default",
-            "after",
-            Default::default(),
-            "10.7.7.8",
-            "",
-        )],
+        "default",
+        "after",
+        Default::default(),
+        "10.7.7.8",
+        "",
     )
-    .await
-    .unwrap();
+    .await;
     assert!(r > revision);
     let mut stream = watch(&mut client, watch_request(revision)).await.unwrap();
     let replay = read_until_caught_up(&mut stream).await.unwrap();

@@ -190,18 +190,15 @@ async fn seed_policies_decide_as_the_readme_says() {
     assert_eq!(e.verdict, pb::Verdict::Allow as i32);
 
     // A pod no policy selects: the node default decides, as requested.
-    upsert(
+    add_pod(
         &mut client,
-        vec![workload(
-            "default",
-            "other",
-            Default::default(),
-            "192.0.2.11",
-            "",
-        )],
+        "default",
+        "other",
+        Default::default(),
+        "192.0.2.11",
+        "",
     )
-    .await
-    .unwrap();
+    .await;
     for (default, verdict) in [
         (pb::DefaultPolicy::DefaultAllow, pb::Verdict::Allow),
         (pb::DefaultPolicy::DefaultDeny, pb::Verdict::Deny),
@@ -281,16 +278,16 @@ async fn an_unsupported_kind_rejects_the_whole_batch() {
     let after = status(&mut client).await.unwrap();
     assert_eq!(after.revision, before);
     assert_eq!(after.policies, 0);
-    let err = client
-        .get(pb::GetRequest {
-            reference: Some(policy_ref(
-                pb::PolicyKind::ApplicationNetworkPolicy,
-                "default",
-                "nginx-egress",
-            )),
-        })
-        .await
-        .unwrap_err();
+    let err = get_policy(
+        &mut client,
+        policy_ref(
+            pb::PolicyKind::ApplicationNetworkPolicy,
+            "default",
+            "nginx-egress",
+        ),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
 
     drop(client);
@@ -372,10 +369,7 @@ async fn delete_is_all_or_nothing() {
     let after = status(&mut client).await.unwrap();
     assert_eq!(after.revision, before.revision, "nothing was deleted");
     assert_eq!(after.policies, before.policies);
-    client
-        .get(pb::GetRequest {
-            reference: Some(existing.clone()),
-        })
+    get_policy(&mut client, existing.clone())
         .await
         .expect("allow-dns survived the failed delete");
 
@@ -391,12 +385,7 @@ async fn delete_is_all_or_nothing() {
     assert_eq!(r.objects.len(), 1);
     assert_eq!(r.objects[0].outcome, Outcome::Deleted as i32);
     assert!(r.revision > before.revision);
-    let err = client
-        .get(pb::GetRequest {
-            reference: Some(existing),
-        })
-        .await
-        .unwrap_err();
+    let err = get_policy(&mut client, existing).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
 
     drop(client);

@@ -53,18 +53,15 @@ async fn resume_replays_exactly_the_missed_events_then_goes_live() {
         } else {
             Default::default()
         };
-        upsert(
+        add_pod(
             &mut client,
-            vec![workload(
-                "default",
-                &format!("pod-{n}"),
-                labels,
-                &ip_of(n),
-                "n1",
-            )],
+            "default",
+            &format!("pod-{n}"),
+            labels,
+            &ip_of(n),
+            "n1",
         )
-        .await
-        .unwrap();
+        .await;
     }
     let head = status(&mut client).await.unwrap().revision;
     assert!(head >= 10, "head {head}");
@@ -84,18 +81,15 @@ async fn resume_replays_exactly_the_missed_events_then_goes_live() {
     assert_eq!(replay.events, full.events[from as usize..].to_vec());
 
     // Live: what is written now arrives on the same stream, in order, and nothing else.
-    let r1 = upsert(
+    let r1 = add_pod(
         &mut client,
-        vec![workload(
-            "default",
-            "late",
-            labels(&[("run", "nginx")]),
-            "10.9.9.9",
-            "n1",
-        )],
+        "default",
+        "late",
+        labels(&[("run", "nginx")]),
+        "10.9.9.9",
+        "n1",
     )
-    .await
-    .unwrap();
+    .await;
     let r2 = client
         .apply(apply_request(vec![manifest(
             "np-live",
@@ -246,18 +240,15 @@ async fn a_hundred_subscribers_see_the_same_log() {
                 .await
                 .unwrap();
             let labels = labels(&[("app", &format!("a{n}"))]);
-            upsert(
+            add_pod(
                 &mut writer_client,
-                vec![workload(
-                    "default",
-                    &format!("pod-{n}"),
-                    labels,
-                    &ip_of(n),
-                    "n1",
-                )],
+                "default",
+                &format!("pod-{n}"),
+                labels,
+                &ip_of(n),
+                "n1",
             )
-            .await
-            .unwrap();
+            .await;
         }
     });
 
@@ -533,30 +524,24 @@ async fn the_derived_view_of_a_node() {
     assert!(revisions.windows(2).all(|w| w[0] < w[1]), "{revisions:?}");
 
     // Live: a node-b pod is not node-a's business; a node-a pod is.
-    upsert(
+    add_pod(
         &mut client,
-        vec![workload(
-            "default",
-            "late-b",
-            labels(&[("app", "web")]),
-            "10.0.2.9",
-            "node-b",
-        )],
+        "default",
+        "late-b",
+        labels(&[("app", "web")]),
+        "10.0.2.9",
+        "node-b",
     )
-    .await
-    .unwrap();
-    upsert(
+    .await;
+    add_pod(
         &mut client,
-        vec![workload(
-            "default",
-            "late-a",
-            labels(&[("app", "web")]),
-            "10.0.1.9",
-            "node-a",
-        )],
+        "default",
+        "late-a",
+        labels(&[("app", "web")]),
+        "10.0.1.9",
+        "node-a",
     )
-    .await
-    .unwrap();
+    .await;
     let b = loop {
         if let Kind::Event(e) = next(&mut stream).await.unwrap()
             && let Some(b) = bound(&e)
@@ -569,18 +554,15 @@ async fn the_derived_view_of_a_node() {
 
     // A pod that leaves node-a (recreated on node-b under the same name) must leave node-a's
     // view too: its addresses may not stay bound there.
-    let moved_at = upsert(
+    let moved_at = add_pod(
         &mut client,
-        vec![workload(
-            "default",
-            "web-a",
-            labels(&[("app", "web")]),
-            "10.0.2.7",
-            "node-b",
-        )],
+        "default",
+        "web-a",
+        labels(&[("app", "web")]),
+        "10.0.2.7",
+        "node-b",
     )
-    .await
-    .unwrap();
+    .await;
     let e = loop {
         if let Kind::Event(e) = next(&mut stream).await.unwrap()
             && matches!(

@@ -318,6 +318,33 @@ pub async fn upsert(client: &mut Client, workloads: Vec<pb::Workload>) -> anyhow
 
 /// A NetworkPolicy in `default` selecting pods labelled `app: <app>`, allowing egress to one
 /// CIDR on TCP 443.
+/// Registers one pod and returns the revision after it (panics on failure: tests only).
+pub async fn add_pod(
+    client: &mut Client,
+    namespace: &str,
+    name: &str,
+    labels: BTreeMap<String, String>,
+    ip: &str,
+    node: &str,
+) -> u64 {
+    upsert(client, vec![workload(namespace, name, labels, ip, node)])
+        .await
+        .unwrap()
+}
+
+/// Fetches one policy.
+pub async fn get_policy(
+    client: &mut Client,
+    reference: pb::PolicyRef,
+) -> Result<pb::PolicyRecord, tonic::Status> {
+    client
+        .get(pb::GetRequest {
+            reference: Some(reference),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
 pub fn network_policy(name: &str, app: &str) -> String {
     format!(
         "apiVersion: networking.k8s.io/v1
