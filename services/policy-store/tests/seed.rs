@@ -71,27 +71,9 @@ async fn seeded() -> (TempDir, InProcess, Client) {
             ("nginx-egress".to_string(), Outcome::Created as i32, 1),
         ]
     );
-    upsert(
-        &mut client,
-        vec![
-            workload(
-                "default",
-                "nginx",
-                labels(&[("run", "nginx")]),
-                "192.0.2.10",
-                "",
-            ),
-            workload(
-                "kube-system",
-                "coredns",
-                labels(&[("k8s-app", "kube-dns")]),
-                "192.0.2.53",
-                "",
-            ),
-        ],
-    )
-    .await
-    .unwrap();
+    upsert(&mut client, vec![nginx_pod(), coredns_pod()])
+        .await
+        .unwrap();
     (dir, store, client)
 }
 
@@ -406,13 +388,7 @@ async fn a_read_only_store_refuses_writes() {
 
     let err = client
         .upsert_workloads(pb::UpsertWorkloadsRequest {
-            workloads: vec![workload(
-                "default",
-                "nginx",
-                labels(&[("run", "nginx")]),
-                "192.0.2.10",
-                "",
-            )],
+            workloads: vec![nginx_pod()],
         })
         .await
         .unwrap_err();

@@ -318,6 +318,28 @@ pub async fn upsert(client: &mut Client, workloads: Vec<pb::Workload>) -> anyhow
 
 /// A NetworkPolicy in `default` selecting pods labelled `app: <app>`, allowing egress to one
 /// CIDR on TCP 443.
+/// The seed scenario's `run=nginx` pod.
+pub fn nginx_pod() -> pb::Workload {
+    workload(
+        "default",
+        "nginx",
+        labels(&[("run", "nginx")]),
+        "192.0.2.10",
+        "",
+    )
+}
+
+/// The cluster DNS pod the seed's allow-dns policy selects (by namespace).
+pub fn coredns_pod() -> pb::Workload {
+    workload(
+        "kube-system",
+        "coredns",
+        labels(&[("k8s-app", "kube-dns")]),
+        "192.0.2.53",
+        "",
+    )
+}
+
 /// Registers one pod and returns the revision after it (panics on failure: tests only).
 pub async fn add_pod(
     client: &mut Client,
