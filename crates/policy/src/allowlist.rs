@@ -49,11 +49,14 @@ impl fmt::Display for DefaultPolicy {
     }
 }
 
-/// A destination as a policy sees it: a DNS name (before resolution) or an address.
+/// A destination as a policy sees it: a DNS name before resolution, an address, or an address
+/// a name resolved to (what a grant is for: both the name's rules and the address's CIDR
+/// rules apply to it, so an Admin Deny on a network also narrows what a name may be granted).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Destination<'a> {
     Name(&'a str),
     Address(IpAddr),
+    Resolved(&'a str, IpAddr),
 }
 
 impl fmt::Display for Destination<'_> {
@@ -61,6 +64,7 @@ impl fmt::Display for Destination<'_> {
         match self {
             Destination::Name(n) => f.write_str(n),
             Destination::Address(a) => write!(f, "{a}"),
+            Destination::Resolved(n, a) => write!(f, "{n} ({a})"),
         }
     }
 }
@@ -239,19 +243,24 @@ impl Allowlist {
     /// cost is O(labels + matching rules), not O(rules).
     fn candidates(&self, dest: Destination<'_>) -> Vec<usize> {
         let mut out: Vec<usize> = self.unconditional.iter().map(|&i| i as usize).collect();
-        match dest {
-            Destination::Name(name) => self.domains.for_each_match(name, |i| out.push(i as usize)),
-            Destination::Address(ip) => {
-                out.extend(self.with_cidrs.iter().map(|&i| i as usize).filter(|&i| {
-                    match &self.rules[i].kind {
-                        RuleKind::Match {
-                            destinations: Destinations::Peers { cidrs, .. },
-                            ..
-                        } => cidrs.iter().any(|c| c.contains(&ip)),
-                        RuleKind::Match { .. } | RuleKind::Isolation { .. } => false,
-                    }
-                }))
-            }
+        let (name, address) = match dest {
+            Destination::Name(n) => (Some(n), None),
+            Destination::Address(a) => (None, Some(a)),
+            Destination::Resolved(n, a) => (Some(n), Some(a)),
+        };
+        if let Some(name) = name {
+            self.domains.for_each_match(name, |i| out.push(i as usize));
+        }
+        if let Some(ip) = address {
+            out.extend(self.with_cidrs.iter().map(|&i| i as usize).filter(|&i| {
+                match &self.rules[i].kind {
+                    RuleKind::Match {
+                        destinations: Destinations::Peers { cidrs, .. },
+                        ..
+                    } => cidrs.iter().any(|c| c.contains(&ip)),
+                    RuleKind::Match { .. } | RuleKind::Isolation { .. } => false,
+                }
+            }));
         }
         out.sort_unstable();
         out.dedup();
@@ -318,7 +327,9 @@ impl Allowlist {
         }
     }
 
-    /// The ports on which `name` may be reached (what a DNS answer may grant).
+    /// The ports on which `name` may be reached, as far as rules about names and every
+    /// destination can tell; the DNS decision. What a resolved address may be granted is
+    /// [`Allowlist::allowed_ports`] of [`Destination::Resolved`], which CIDR rules narrow too.
     pub fn decide_name(&self, name: &str, default: DefaultPolicy) -> NameDecision {
         self.allowed_ports(Destination::Name(name), default)
     }

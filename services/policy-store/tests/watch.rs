@@ -271,6 +271,11 @@ async fn a_hundred_subscribers_see_the_same_log() {
     }
 
     writer.await.unwrap();
+    wait_status(&mut client, "every watcher counted", |s| {
+        s.watchers as usize == SUBSCRIBERS
+    })
+    .await
+    .unwrap();
     let head = status(&mut client).await.unwrap().revision;
     target_tx.send_replace(Some(head));
 
@@ -290,6 +295,10 @@ async fn a_hundred_subscribers_see_the_same_log() {
             Some(r) => assert_eq!(&events, r, "subscriber {i} saw a different log"),
         }
     }
+    // Subscribers that left are no longer counted.
+    wait_status(&mut client, "no watcher left", |s| s.watchers == 0)
+        .await
+        .unwrap();
 
     drop((client, channels));
     store.stop().await.unwrap();
