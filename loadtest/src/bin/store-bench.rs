@@ -64,23 +64,34 @@ fn config(dir: &std::path::Path) -> Config {
     ])
 }
 
-async fn start(
-    dir: &std::path::Path,
-) -> Result<(Arc<Store>, String, tokio::sync::oneshot::Sender<()>)> {
+/// A store served in this process; `stop` waits until the server let go of it.
+struct Running {
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.server.await;
+    }
+}
+
+async fn start(dir: &std::path::Path) -> Result<(Arc<Store>, String, Running)> {
     let cfg = config(dir);
     let store = Store::open(cfg.clone()).await?;
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = format!("http://{}", l.local_addr()?);
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
     let s = Arc::clone(&store);
-    tokio::spawn(async move {
+    let server = tokio::spawn(async move {
         let _ =
             dnsfence_policy_store::serve(s, &cfg, vec![dnsfence_api::Listener::Tcp(l)], async {
                 let _ = rx.await;
             })
             .await;
     });
-    Ok((store, addr, tx))
+    Ok((store, addr, Running { stop, server }))
 }
 
 async fn client(addr: &str) -> Result<PolicyStoreClient<Channel>> {
@@ -247,7 +258,7 @@ async fn main() -> Result<()> {
                 flushes as f64 / secs
             );
         }
-        let _ = stop.send(());
+        stop.stop().await;
     }
 
     // 2. Replay of N events.
@@ -270,11 +281,10 @@ async fn main() -> Result<()> {
             "loaded {events} events ({i} workload upserts) in {:.1} s",
             t.elapsed().as_secs_f64()
         );
-        let _ = stop.send(());
         drop(c);
+        stop.stop().await;
         store.log().close().await?;
         drop(store);
-        tokio::time::sleep(Duration::from_millis(500)).await;
         let t = Instant::now();
         let reopened = Store::open(config(dir.path())).await.context("reopen")?;
         let secs = t.elapsed().as_secs_f64();
@@ -316,7 +326,7 @@ async fn main() -> Result<()> {
             args.subscribers,
             t.elapsed().as_secs_f64()
         );
-        let _ = stop.send(());
+        stop.stop().await;
     }
 
     Ok(())
