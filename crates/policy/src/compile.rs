@@ -231,8 +231,14 @@ impl Compiler {
                 node: w.node.clone(),
                 binding,
             };
-            if self.bindings.get(&key) == Some(&new) {
-                continue;
+            match self.bindings.get(&key) {
+                Some(old) if *old == new => continue,
+                // A consumer that follows one node's bindings must hear that the pod left it:
+                // the new binding names another node and is not sent there.
+                Some(old) if old.node != new.node => {
+                    bound.push(EventPayload::WorkloadUnbound(key.clone()));
+                }
+                _ => {}
             }
             self.retain(&new.binding);
             if let Some(old) = self.bindings.insert(key, new.clone()) {

@@ -459,3 +459,20 @@ spec:
         Binding::Unenforced
     );
 }
+
+#[test]
+fn a_pod_that_changes_node_is_unbound_before_it_is_bound_again() {
+    let mut c = Compiler::new();
+    c.apply(policies(NGINX_EGRESS));
+    let mut nginx = pod("default", "nginx", &[("run", "nginx")], "192.0.2.10");
+    c.apply(vec![SourceChange::UpsertWorkload(nginx.clone())]);
+    nginx.node = "n2".into();
+    let events = c.apply(vec![SourceChange::UpsertWorkload(nginx)]);
+    let names: Vec<&str> = events.iter().map(EventPayload::name).collect();
+    assert_eq!(
+        names,
+        vec!["WorkloadUnbound", "WorkloadBound"],
+        "{events:?}"
+    );
+    assert!(matches!(&events[1], EventPayload::WorkloadBound(b) if b.node == "n2"));
+}

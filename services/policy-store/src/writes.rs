@@ -187,33 +187,15 @@ fn validate_subdomain(s: &str) -> Result<(), String> {
 pub fn upsert_workloads(state: &mut StoreState, workloads: Vec<Workload>) -> Vec<EventPayload> {
     let mut events = Vec::new();
     let mut changes = Vec::new();
-    let mut moved = BTreeSet::new();
     for w in workloads {
-        match state.compiler.workload(&w.key) {
-            Some(known) if *known == w => continue,
-            Some(known) if known.node != w.node => {
-                moved.insert(w.key.clone());
-            }
-            _ => {}
+        if state.compiler.workload(&w.key) == Some(&w) {
+            continue;
         }
         events.push(EventPayload::WorkloadUpserted(w.clone()));
         changes.push(SourceChange::UpsertWorkload(w));
     }
-    // A pod never changes node: one known under the same name on another node is a new pod
-    // replacing the old one. The old one is removed first, so that a consumer watching only
-    // its node's bindings is told it left; the new binding on another node is not sent there.
-    let mut removed = Vec::new();
-    let mut removals = Vec::new();
-    for key in moved {
-        removed.push(EventPayload::WorkloadRemoved(key.clone()));
-        removals.push(SourceChange::RemoveWorkload(key));
-    }
-    if !removals.is_empty() {
-        removed.extend(state.compiler.apply(removals));
-    }
-    removed.extend(events);
-    removed.extend(state.compiler.apply(changes));
-    removed
+    events.extend(state.compiler.apply(changes));
+    events
 }
 
 pub fn remove_workloads(state: &mut StoreState, keys: Vec<WorkloadKey>) -> Vec<EventPayload> {
