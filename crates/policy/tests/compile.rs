@@ -63,6 +63,17 @@ fn decide(c: &Compiler, pod: &str, dest: Destination<'_>, port: u16) -> (Verdict
     (d.verdict, d.cause)
 }
 
+/// A compiler holding the policies of `yaml`.
+fn compiled(yaml: &str) -> Compiler {
+    let mut c = Compiler::new();
+    c.apply(policies(yaml));
+    c
+}
+
+fn add(c: &mut Compiler, w: Workload) -> Vec<EventPayload> {
+    c.apply(vec![SourceChange::UpsertWorkload(w)])
+}
+
 fn count(events: &[EventPayload], name: &str) -> usize {
     events.iter().filter(|e| e.name() == name).count()
 }
@@ -100,12 +111,10 @@ fn pods_with_the_same_labels_share_one_allowlist_and_changes_are_incremental() {
     assert_eq!(c.allowlist_count(), 1);
 
     // A pod no policy selects: only its own binding, to no allowlist.
-    let events = c.apply(vec![SourceChange::UpsertWorkload(pod(
-        "other",
-        "web",
-        &[("run", "nginx")],
-        "192.0.2.50",
-    ))]);
+    let events = add(
+        &mut c,
+        pod("other", "web", &[("run", "nginx")], "192.0.2.50"),
+    );
     assert_eq!(events.len(), 1, "{events:?}");
     assert!(
         matches!(&events[0], EventPayload::WorkloadBound(b) if b.binding == Binding::Unenforced)
@@ -113,12 +122,10 @@ fn pods_with_the_same_labels_share_one_allowlist_and_changes_are_incremental() {
 
     // The same upsert again changes nothing and says nothing.
     assert!(
-        c.apply(vec![SourceChange::UpsertWorkload(pod(
-            "other",
-            "web",
-            &[("run", "nginx")],
-            "192.0.2.50"
-        ))])
+        add(
+            &mut c,
+            pod("other", "web", &[("run", "nginx")], "192.0.2.50")
+        )
         .is_empty()
     );
 
@@ -147,8 +154,7 @@ fn pods_with_the_same_labels_share_one_allowlist_and_changes_are_incremental() {
 
 #[test]
 fn admin_tier_decides_before_network_policies_and_pass_hands_over() {
-    let mut c = Compiler::new();
-    c.apply(policies(
+    let mut c = compiled(
         r#"
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
@@ -186,13 +192,8 @@ spec:
     action: Deny
     to: [{networks: [0.0.0.0/0]}]
 "#,
-    ));
-    c.apply(vec![SourceChange::UpsertWorkload(pod(
-        "default",
-        "app",
-        &[],
-        "192.0.2.10",
-    ))]);
+    );
+    add(&mut c, pod("default", "app", &[], "192.0.2.10"));
     // Admin Deny wins over the NetworkPolicy allow.
     let (v, cause) = decide(&c, "default/app", ip("198.51.100.7"), 443);
     assert_eq!(v, Verdict::Deny);
@@ -225,8 +226,7 @@ spec:
 
 #[test]
 fn at_one_priority_deny_wins_over_accept() {
-    let mut c = Compiler::new();
-    c.apply(policies(
+    let mut c = compiled(
         r#"
 apiVersion: networking.k8s.aws/v1alpha1
 kind: ClusterNetworkPolicy
@@ -248,21 +248,15 @@ spec:
   egress:
   - {action: Deny, to: [{networks: [192.0.2.0/24]}]}
 "#,
-    ));
-    c.apply(vec![SourceChange::UpsertWorkload(pod(
-        "default",
-        "app",
-        &[],
-        "198.51.100.1",
-    ))]);
+    );
+    add(&mut c, pod("default", "app", &[], "198.51.100.1"));
     let (v, _) = decide(&c, "default/app", ip("192.0.2.1"), 80);
     assert_eq!(v, Verdict::Deny);
 }
 
 #[test]
 fn baseline_applies_only_to_pods_no_network_policy_isolates() {
-    let mut c = Compiler::new();
-    c.apply(policies(
+    let mut c = compiled(
         r#"
 apiVersion: policy.networking.k8s.io/v1alpha2
 kind: ClusterNetworkPolicy
@@ -274,7 +268,7 @@ spec:
   egress:
   - {name: deny-all, action: Deny, to: [{networks: [0.0.0.0/0]}]}
 "#,
-    ));
+    );
     c.apply(policies(NGINX_EGRESS));
     c.apply(vec![
         SourceChange::UpsertWorkload(pod("default", "nginx", &[("run", "nginx")], "192.0.2.10")),
@@ -302,8 +296,7 @@ spec:
 
 #[test]
 fn a_name_is_granted_only_the_ports_its_rules_leave_open() {
-    let mut c = Compiler::new();
-    c.apply(policies(
+    let mut c = compiled(
         r#"
 apiVersion: networking.k8s.aws/v1alpha1
 kind: ClusterNetworkPolicy
@@ -316,13 +309,8 @@ spec:
   - {action: Deny, to: [{networks: [0.0.0.0/0, "::/0"]}], ports: [{portNumber: {protocol: TCP, port: 25}}]}
   - {action: Accept, to: [{domainNames: ["*.example.com"]}], ports: [{portRange: {protocol: TCP, start: 1, end: 1024}}]}
 "#,
-    ));
-    c.apply(vec![SourceChange::UpsertWorkload(pod(
-        "default",
-        "app",
-        &[],
-        "192.0.2.10",
-    ))]);
+    );
+    add(&mut c, pod("default", "app", &[], "192.0.2.10"));
     let id = match &c.binding(&key("default", "app")).unwrap().binding {
         Binding::Enforced(id) => id.clone(),
         Binding::Unenforced => panic!("enforced"),
@@ -357,8 +345,7 @@ spec:
 
 #[test]
 fn pod_peers_follow_the_pods_they_select() {
-    let mut c = Compiler::new();
-    c.apply(policies(
+    let mut c = compiled(
         r#"
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
@@ -370,25 +357,15 @@ spec:
   - to: [{podSelector: {matchLabels: {app: db}}}]
     ports: [{protocol: TCP, port: 5432}]
 "#,
-    ));
-    c.apply(vec![SourceChange::UpsertWorkload(pod(
-        "shop",
-        "web",
-        &[("app", "web")],
-        "192.0.2.10",
-    ))]);
+    );
+    add(&mut c, pod("shop", "web", &[("app", "web")], "192.0.2.10"));
     assert_eq!(
         decide(&c, "shop/web", ip("192.0.2.20"), 5432).0,
         Verdict::Deny
     );
 
     // A db pod appears: web's rules now name its address.
-    let events = c.apply(vec![SourceChange::UpsertWorkload(pod(
-        "shop",
-        "db",
-        &[("app", "db")],
-        "192.0.2.20",
-    ))]);
+    let events = add(&mut c, pod("shop", "db", &[("app", "db")], "192.0.2.20"));
     assert!(
         events.iter().any(
             |e| matches!(e, EventPayload::WorkloadBound(b) if b.workload == key("shop", "web"))
@@ -400,12 +377,7 @@ spec:
         Verdict::Allow
     );
     // A db pod of another namespace is not a peer of a podSelector-only rule.
-    c.apply(vec![SourceChange::UpsertWorkload(pod(
-        "other",
-        "db",
-        &[("app", "db")],
-        "192.0.2.30",
-    ))]);
+    add(&mut c, pod("other", "db", &[("app", "db")], "192.0.2.30"));
     assert_eq!(
         decide(&c, "shop/web", ip("192.0.2.30"), 5432).0,
         Verdict::Deny
@@ -420,8 +392,7 @@ spec:
 
 #[test]
 fn relabelling_a_namespace_moves_its_pods_in_and_out_of_a_cluster_policy() {
-    let mut c = Compiler::new();
-    c.apply(policies(
+    let mut c = compiled(
         r#"
 apiVersion: networking.k8s.aws/v1alpha1
 kind: ClusterNetworkPolicy
@@ -433,13 +404,8 @@ spec:
   egress:
   - {action: Deny, to: [{networks: [0.0.0.0/0]}]}
 "#,
-    ));
-    c.apply(vec![SourceChange::UpsertWorkload(pod(
-        "shop",
-        "web",
-        &[],
-        "192.0.2.10",
-    ))]);
+    );
+    add(&mut c, pod("shop", "web", &[], "192.0.2.10"));
     assert_eq!(
         c.binding(&key("shop", "web")).unwrap().binding,
         Binding::Unenforced
