@@ -4,12 +4,14 @@
 //! - [`convert`]: conversions between the generated messages and the domain types of
 //!   `dnsfence-policy`. Generated types stay at the edge of each service; everything past the
 //!   RPC handler works with the domain types.
+//! - [`tail`]: tailing the store's derived view with reconnects, for gateways and enforcers.
 //! - [`tls`], [`transport`]: TLS flags, listeners, serving one router on several listeners,
 //!   channels to `http(s)://` and `unix://` addresses, and reconnect backoff.
 
 pub mod convert;
 pub mod duration;
 pub mod error;
+pub mod tail;
 pub mod tls;
 pub mod transport;
 

@@ -1,5 +1,8 @@
 //! Telemetry shared by the dnsfence services: `tracing` to stderr as text or JSON lines,
-//! filtered by `RUST_LOG` (default `info`), and the shutdown signal every `main` waits on.
+//! filtered by `RUST_LOG` (default `info`), the shutdown signal every `main` waits on, and
+//! the HTTP endpoint with metrics and readiness ([`http`]).
+
+pub mod http;
 
 use std::str::FromStr;
 

@@ -1,0 +1,205 @@
+//! The DNS listeners.
+//!
+//! TCP is served by hickory-server's `Server` (framing, idle timeouts, per-connection
+//! ordering) with [`TcpHandler`] as its `RequestHandler`. UDP has a loop of its own around
+//! hickory-proto: hickory-server's UDP path re-encodes every answer through its
+//! `MessageResponse` and hands each one through a channel to a single sender task, which
+//! costs more per query than the whole cache-hit path; here each worker receives, spawns the
+//! query and sends the answer from the task itself.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use hickory_proto::op::{Header, HeaderCounts, Message, Metadata, ResponseCode};
+use hickory_server::Server;
+use hickory_server::net::runtime::Time;
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::MessageResponseBuilder;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::watch;
+use tracing::{debug, warn};
+
+use crate::handler::Gateway;
+use crate::metrics::Transport;
+
+/// Largest datagram read; bigger ones are truncated by the kernel and fail to parse.
+const UDP_RECV_BUFFER: usize = 4096;
+
+/// Receives on `socket` with `workers` loops until `stop` turns true.
+pub async fn serve_udp(
+    socket: Arc<UdpSocket>,
+    gateway: Arc<Gateway>,
+    workers: usize,
+    stop: watch::Receiver<bool>,
+) {
+    let mut loops = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        let socket = Arc::clone(&socket);
+        let gateway = Arc::clone(&gateway);
+        let mut stop = stop.clone();
+        loops.push(tokio::spawn(async move {
+            let mut buf = vec![0u8; UDP_RECV_BUFFER];
+            loop {
+                let received = tokio::select! {
+                    r = socket.recv_from(&mut buf) => r,
+                    _ = stop.wait_for(|s| *s) => return,
+                };
+                let (len, src) = match received {
+                    Ok(r) => r,
+                    Err(error) => {
+                        // ICMP port unreachable from an earlier answer surfaces here on Linux
+                        // as ECONNREFUSED; it concerns that client only.
+                        debug!(%error, "udp receive");
+                        continue;
+                    }
+                };
+                // Cache hits whose grants the enforcer already holds are answered right here:
+                // no copy of the packet, no task.
+                if let Some(answer) = gateway.answer_now(&buf[..len], src, Transport::Udp) {
+                    send(&socket, &answer, src).await;
+                    continue;
+                }
+                let packet = buf[..len].to_vec();
+                let gateway_for_query = Arc::clone(&gateway);
+                let socket_for_answer = Arc::clone(&socket);
+                let mut query = Box::pin(async move {
+                    if let Some(answer) =
+                        gateway_for_query.handle(&packet, src, Transport::Udp).await
+                    {
+                        send(&socket_for_answer, &answer, src).await;
+                    }
+                });
+                // Denials and other answers that need no waiting finish here too.
+                if (&mut query).now_or_never().is_none() {
+                    tokio::spawn(query);
+                }
+            }
+        }));
+    }
+    for l in loops {
+        let _ = l.await;
+    }
+}
+
+async fn send(socket: &UdpSocket, answer: &[u8], to: SocketAddr) {
+    let sent = match socket.try_send_to(answer, to) {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => socket.send_to(answer, to).await,
+        other => other,
+    };
+    if let Err(error) = sent {
+        debug!(%to, %error, "udp send");
+    }
+}
+
+/// hickory-server's view of the gateway, for TCP.
+#[derive(Debug, Clone)]
+pub struct TcpHandler {
+    gateway: Arc<Gateway>,
+}
+
+impl TcpHandler {
+    pub fn new(gateway: Arc<Gateway>) -> TcpHandler {
+        TcpHandler { gateway }
+    }
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for TcpHandler {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        mut response_handle: R,
+    ) -> ResponseInfo {
+        let failed = || {
+            let mut metadata = Metadata::response_from_request(&request.metadata);
+            metadata.response_code = ResponseCode::ServFail;
+            ResponseInfo::from(Header {
+                metadata,
+                counts: HeaderCounts::default(),
+            })
+        };
+        let Some(bytes) = self
+            .gateway
+            .handle(request.as_slice(), request.src(), Transport::Tcp)
+            .await
+        else {
+            return failed();
+        };
+        let answer = match Message::from_vec(&bytes) {
+            Ok(m) => m,
+            Err(error) => {
+                warn!(%error, "could not re-read our own answer");
+                return failed();
+            }
+        };
+        let mut builder = MessageResponseBuilder::from_message_request(request);
+        if let Some(edns) = &answer.edns {
+            builder.edns(edns);
+        }
+        let response = builder.build(
+            answer.metadata,
+            answer.answers.iter(),
+            answer.authorities.iter(),
+            std::iter::empty(),
+            answer.additionals.iter(),
+        );
+        match response_handle.send_response(response).await {
+            Ok(info) => info,
+            Err(error) => {
+                debug!(%error, "tcp send");
+                failed()
+            }
+        }
+    }
+}
+
+/// A running TCP server: shut it down with [`TcpServer::shutdown`].
+pub struct TcpServer {
+    server: Server<TcpHandler>,
+}
+
+impl std::fmt::Debug for TcpServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpServer").finish_non_exhaustive()
+    }
+}
+
+impl TcpServer {
+    pub fn start(
+        listener: TcpListener,
+        gateway: Arc<Gateway>,
+        idle_timeout: Duration,
+    ) -> TcpServer {
+        let mut server = Server::new(TcpHandler::new(gateway));
+        // 64 answers queued per connection before the reader waits for the writer.
+        server.register_listener(listener, idle_timeout, 64);
+        TcpServer { server }
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Err(error) = self.server.shutdown_gracefully().await {
+            warn!(%error, "tcp server shutdown");
+        }
+    }
+}
+
+/// Binds UDP and TCP on one address; with port 0 both get the same port.
+pub async fn bind_dns(addr: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)> {
+    if addr.port() != 0 {
+        let udp = UdpSocket::bind(addr).await?;
+        let tcp = TcpListener::bind(addr).await?;
+        return Ok((udp, tcp));
+    }
+    let mut last_error = None;
+    for _ in 0..16 {
+        let udp = UdpSocket::bind(addr).await?;
+        let port = udp.local_addr()?.port();
+        match TcpListener::bind(SocketAddr::new(addr.ip(), port)).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| std::io::Error::other("no free port for UDP and TCP")))
+}

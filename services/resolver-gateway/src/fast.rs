@@ -1,0 +1,258 @@
+//! The gateway's answer cache: encoded answers, re-sent without building a `Message`.
+//!
+//! The resolver's cache holds records; turning them into an answer costs a parse of the
+//! query, a copy of the records and an encode, several microseconds a query. This cache holds
+//! the encoded answer of an allowed name as the long way last built it, with the offsets of
+//! its TTLs. A hit copies it, writes the client's ID, flags and question (the client's case)
+//! and counts the TTLs down. Filtering and grants are not skipped: each answer remembers, per
+//! allowlist that asked, whether the name is allowed and which grants it yields (allowlists
+//! are immutable and content-addressed, so that memo cannot go stale), and a hit answers at
+//! once only if the pod's enforcer already holds those grants.
+
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use dnsfence_policy::allowlist::Allowlist;
+use dnsfence_policy::ports::PortRange;
+
+use crate::wire::{self, PlainQuery};
+
+const SHARDS: usize = 16;
+/// Longest key: a 255-byte name, the type and the EDNS flag.
+const MAX_KEY: usize = 258;
+
+/// The question as the cache knows it, built on the stack: the name in lower-case wire form,
+/// the type, and whether the client speaks EDNS (the answer then carries an OPT record).
+#[derive(Debug)]
+pub struct AnswerKey {
+    bytes: [u8; MAX_KEY],
+    len: usize,
+}
+
+impl AnswerKey {
+    pub fn of(raw: &[u8], query: &PlainQuery) -> Option<AnswerKey> {
+        let name = raw.get(12..query.question_end.checked_sub(4)?)?;
+        let mut bytes = [0u8; MAX_KEY];
+        let len = name.len() + 3;
+        let out = bytes.get_mut(..len)?;
+        for (o, b) in out.iter_mut().zip(name) {
+            *o = b.to_ascii_lowercase();
+        }
+        out[name.len()..].copy_from_slice(&[
+            (query.qtype >> 8) as u8,
+            query.qtype as u8,
+            u8::from(query.edns_payload.is_some()),
+        ]);
+        Some(AnswerKey { bytes, len })
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+/// What a resolved address gives a pod whose allowlist allows the name.
+#[derive(Debug, Clone)]
+pub struct GrantTemplate {
+    pub ip: IpAddr,
+    pub ports: Vec<PortRange>,
+    /// The address record's TTL when the answer was stored.
+    pub ttl: u32,
+}
+
+/// One allowlist's view of a cached name.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    pub allowed: bool,
+    pub grants: Arc<[GrantTemplate]>,
+}
+
+struct Memo {
+    /// Held so the pointer stays unique while the memo lives; `None`: pods no policy selects.
+    allowlist: Option<Arc<Allowlist>>,
+    verdict: Verdict,
+}
+
+/// One encoded answer.
+pub struct CachedAnswer {
+    /// The answer with ID 0, TTLs as at `stored`.
+    wire: Vec<u8>,
+    ttl_offsets: Vec<usize>,
+    stored: Instant,
+    lifetime: Duration,
+    /// The normalized name, for the allowlist and grants.
+    pub name: String,
+    /// The A/AAAA addresses with their TTLs at `stored`.
+    pub addresses: Vec<(IpAddr, u32)>,
+    memos: Mutex<Vec<Memo>>,
+}
+
+impl std::fmt::Debug for CachedAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CachedAnswer")
+            .field("name", &self.name)
+            .field("len", &self.wire.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section here leaves the data consistent; a panic elsewhere must not
+    // stop the cache.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl CachedAnswer {
+    /// `None` if the answer holds nothing worth caching (no records, or a TTL of 0).
+    pub fn new(
+        wire: Vec<u8>,
+        name: String,
+        addresses: Vec<(IpAddr, u32)>,
+        now: Instant,
+    ) -> Option<CachedAnswer> {
+        let ttl_offsets = wire::ttl_offsets(&wire)?;
+        let shortest = ttl_offsets
+            .iter()
+            .map(|&o| wire::read_u32(&wire, o))
+            .min()?;
+        if shortest == 0 {
+            return None;
+        }
+        Some(CachedAnswer {
+            wire,
+            ttl_offsets,
+            stored: now,
+            lifetime: Duration::from_secs(u64::from(shortest)),
+            name,
+            addresses,
+            memos: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub fn is_fresh(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.stored) < self.lifetime
+    }
+
+    /// Seconds since it was stored.
+    pub fn age(&self, now: Instant) -> u32 {
+        u32::try_from(now.saturating_duration_since(self.stored).as_secs()).unwrap_or(u32::MAX)
+    }
+
+    /// What `allowlist` (`None`: an unselected pod) says about this name, computed by `decide`
+    /// the first time and remembered.
+    pub fn verdict(
+        &self,
+        allowlist: Option<&Arc<Allowlist>>,
+        decide: impl FnOnce() -> Verdict,
+    ) -> Verdict {
+        let same = |m: &Memo| match (&m.allowlist, allowlist) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        if let Some(m) = lock(&self.memos).iter().find(|m| same(m)) {
+            return m.verdict.clone();
+        }
+        let verdict = decide();
+        let mut memos = lock(&self.memos);
+        // Pods of a few allowlists ask for any one name; more is a sign of churn.
+        if memos.len() >= 16 {
+            memos.remove(0);
+        }
+        memos.push(Memo {
+            allowlist: allowlist.cloned(),
+            verdict: verdict.clone(),
+        });
+        verdict
+    }
+
+    /// The answer for `query` (whose raw bytes are `raw`) at `now`, TTLs at most `ttl_cap`.
+    pub fn answer(&self, raw: &[u8], query: &PlainQuery, now: Instant, ttl_cap: u32) -> Vec<u8> {
+        let mut out = self.wire.clone();
+        out[0..2].copy_from_slice(&query.id.to_be_bytes());
+        // RD and CD echo the query; the other flags are the cached answer's.
+        out[2] = (out[2] & !0x01) | u8::from(query.recursion_desired);
+        out[3] = (out[3] & !0x10) | if query.checking_disabled { 0x10 } else { 0 };
+        let question = 12..query.question_end;
+        if let (Some(dst), Some(src)) = (out.get_mut(question.clone()), raw.get(question)) {
+            dst.copy_from_slice(src);
+        }
+        let age = self.age(now);
+        for &offset in &self.ttl_offsets {
+            let ttl = wire::read_u32(&self.wire, offset)
+                .saturating_sub(age)
+                .min(ttl_cap);
+            wire::write_u32(&mut out, offset, ttl);
+        }
+        out
+    }
+
+    pub fn len(&self) -> usize {
+        self.wire.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.wire.is_empty()
+    }
+}
+
+type Shard = HashMap<Box<[u8]>, Arc<CachedAnswer>, foldhash::fast::RandomState>;
+
+/// Sharded, bounded map of encoded answers; a full shard drops an expired entry if it meets
+/// one among a few, else an arbitrary one.
+#[derive(Debug)]
+pub struct AnswerCache {
+    shards: Vec<Mutex<Shard>>,
+    per_shard: usize,
+    hasher: foldhash::fast::RandomState,
+}
+
+impl AnswerCache {
+    pub fn new(max_entries: usize) -> AnswerCache {
+        AnswerCache {
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            per_shard: max_entries.div_ceil(SHARDS),
+            hasher: foldhash::fast::RandomState::default(),
+        }
+    }
+
+    fn shard(&self, key: &[u8]) -> MutexGuard<'_, Shard> {
+        let index = (self.hasher.hash_one(key) as usize) % self.shards.len();
+        lock(&self.shards[index])
+    }
+
+    pub fn get(&self, key: &AnswerKey, now: Instant) -> Option<Arc<CachedAnswer>> {
+        let key = key.as_slice();
+        let mut shard = self.shard(key);
+        let entry = shard.get(key)?;
+        if entry.is_fresh(now) {
+            return Some(Arc::clone(entry));
+        }
+        shard.remove(key);
+        None
+    }
+
+    pub fn insert(&self, key: &AnswerKey, answer: CachedAnswer) {
+        if self.per_shard == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let key = key.as_slice();
+        let mut shard = self.shard(key);
+        if shard.len() >= self.per_shard && !shard.contains_key(key) {
+            let victim = shard
+                .iter()
+                .take(8)
+                .find(|(_, a)| !a.is_fresh(now))
+                .or_else(|| shard.iter().next())
+                .map(|(k, _)| k.clone());
+            if let Some(victim) = victim {
+                shard.remove(&victim);
+            }
+        }
+        shard.insert(key.into(), Arc::new(answer));
+    }
+}

@@ -1,0 +1,404 @@
+//! Grants: what is sent to the enforcer of the asking pod's node, and that the answer waits
+//! for its ack.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use common::*;
+use dnsfence_api::grants::v1 as gpb;
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::RecordType;
+
+fn grant_for<'g>(grants: &'g [gpb::Grant], dest: &str) -> &'g gpb::Grant {
+    let dest: IpAddr = dest.parse().unwrap();
+    grants
+        .iter()
+        .find(|g| ip_of(&g.destination_ip) == dest)
+        .unwrap_or_else(|| panic!("no grant for {dest} in {grants:?}"))
+}
+
+fn tcp_range(start: u32, end: u32) -> gpb::PortRange {
+    gpb::PortRange {
+        protocol: 6,
+        start,
+        end,
+    }
+}
+
+#[tokio::test]
+async fn the_answer_is_sent_only_after_the_enforcer_acked() {
+    let world = World::start(&["--grant-ack-timeout=5s"]).await.unwrap();
+    let sub = Subscriber::connect(
+        world.gateway.grpc,
+        "node-a",
+        AckMode::After(Duration::from_millis(300)),
+    )
+    .await
+    .unwrap();
+    Subscriber::settle().await;
+
+    let sent = Instant::now();
+    let answer = udp(
+        world.gateway.dns,
+        NGINX_A,
+        "www.example.test",
+        RecordType::A,
+    )
+    .await
+    .unwrap();
+    let answered = Instant::now();
+    assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
+    let batches = sub.batches.lock().unwrap().clone();
+    assert_eq!(batches.len(), 1, "{batches:?}");
+    let acked = batches[0].acked.expect("acked");
+    assert!(batches[0].received >= sent);
+    assert!(
+        answered >= acked,
+        "the answer arrived before the ack was sent"
+    );
+    assert!(answered - sent >= Duration::from_millis(300));
+
+    let metrics = world.gateway.metrics().await.unwrap();
+    assert_eq!(
+        metric(
+            &metrics,
+            "dnsfence_gateway_grant_ack_latency_seconds_count",
+            &[]
+        ),
+        1.0,
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn without_an_ack_the_answer_goes_out_after_the_timeout_and_is_counted() {
+    let world = World::start(&["--grant-ack-timeout=150ms"]).await.unwrap();
+    let _sub = Subscriber::connect(world.gateway.grpc, "node-a", AckMode::Never)
+        .await
+        .unwrap();
+    Subscriber::settle().await;
+    let sent = Instant::now();
+    let answer = udp(
+        world.gateway.dns,
+        NGINX_A,
+        "www.example.test",
+        RecordType::A,
+    )
+    .await
+    .unwrap();
+    assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
+    assert!(sent.elapsed() >= Duration::from_millis(150));
+    let metrics = world.gateway.metrics().await.unwrap();
+    assert_eq!(
+        metric(
+            &metrics,
+            "dnsfence_gateway_grant_ack_timeouts_total",
+            &["reason=\"Timeout\""]
+        ),
+        1.0,
+        "{metrics}"
+    );
+
+    // No enforcer at all for node-b: counted, answered at once.
+    let other = udp(
+        world.gateway.dns,
+        NGINX_B,
+        "www.example.test",
+        RecordType::A,
+    )
+    .await
+    .unwrap();
+    assert_eq!(other.metadata.response_code, ResponseCode::NoError);
+    let metrics = world.gateway.metrics().await.unwrap();
+    assert_eq!(
+        metric(
+            &metrics,
+            "dnsfence_gateway_grant_ack_timeouts_total",
+            &["reason=\"NoSubscriber\""]
+        ),
+        1.0
+    );
+    world.gateway.stop().await.unwrap();
+
+    let strict = GatewayHandle::start(
+        world.store.addr,
+        &[world.authority.addr()],
+        &["--grant-ack-timeout=100ms", "--ack-timeout-action=servfail"],
+    )
+    .await
+    .unwrap();
+    strict.ready().await.unwrap();
+    let _sub = Subscriber::connect(strict.grpc, "node-a", AckMode::Never)
+        .await
+        .unwrap();
+    Subscriber::settle().await;
+    let failed = udp(strict.dns, NGINX_A, "www.example.test", RecordType::A)
+        .await
+        .unwrap();
+    assert_eq!(failed.metadata.response_code, ResponseCode::ServFail);
+}
+
+#[tokio::test]
+async fn grants_carry_the_allowed_ports_and_clamped_lifetimes() {
+    let world = World::start(&["--grant-max-ttl=1h"]).await.unwrap();
+    let sub = Subscriber::connect(world.gateway.grpc, "node-a", AckMode::Immediately)
+        .await
+        .unwrap();
+    Subscriber::settle().await;
+    let dns = world.gateway.dns;
+
+    let www = udp(dns, NGINX_A, "www.example.test", RecordType::A)
+        .await
+        .unwrap();
+    assert_eq!(www.answers[0].ttl, 300);
+    let zero = udp(dns, NGINX_A, "zero.example.test", RecordType::A)
+        .await
+        .unwrap();
+    assert_eq!(zero.answers[0].ttl, 0, "TTL 0 stays 0 for the client");
+    let five = udp(dns, NGINX_A, "five.example.test", RecordType::A)
+        .await
+        .unwrap();
+    assert!(five.answers[0].ttl <= 5);
+    let long = udp(dns, NGINX_A, "long.example.test", RecordType::A)
+        .await
+        .unwrap();
+    assert_eq!(long.answers[0].ttl, 3600, "lowered to the longest grant");
+    let github = udp(dns, NGINX_A, "github.com", RecordType::A)
+        .await
+        .unwrap();
+    assert_eq!(github.metadata.response_code, ResponseCode::NoError);
+
+    let grants = sub.grants();
+    let www_grant = grant_for(&grants, "198.51.100.1");
+    assert_eq!(www_grant.pod_ip, NGINX_A.octets().to_vec());
+    assert_eq!(www_grant.name, "www.example.test");
+    assert_eq!(
+        www_grant.ports,
+        vec![tcp_range(443, 443), tcp_range(8000, 8099)]
+    );
+    assert_eq!(www_grant.lifetime_ms, 300_000);
+    assert_eq!(
+        grant_for(&grants, "198.51.100.2").lifetime_ms,
+        30_000,
+        "TTL 0 → minimum"
+    );
+    assert_eq!(
+        grant_for(&grants, "198.51.100.3").lifetime_ms,
+        30_000,
+        "TTL 5 → minimum"
+    );
+    assert_eq!(
+        grant_for(&grants, "198.51.100.4").lifetime_ms,
+        3_600_000,
+        "1 day → maximum"
+    );
+    let github_grant = grant_for(&grants, "203.0.113.10");
+    assert_eq!(
+        github_grant.ports,
+        vec![tcp_range(443, 443)],
+        "the seed allows 443/TCP only"
+    );
+
+    world.gateway.stop().await.unwrap();
+    let short = GatewayHandle::start(
+        world.store.addr,
+        &[world.authority.addr()],
+        &["--grant-min-ttl=2s"],
+    )
+    .await
+    .unwrap();
+    short.ready().await.unwrap();
+    let sub = Subscriber::connect(short.grpc, "node-a", AckMode::Immediately)
+        .await
+        .unwrap();
+    Subscriber::settle().await;
+    udp(short.dns, NGINX_A, "zero.example.test", RecordType::A)
+        .await
+        .unwrap();
+    assert_eq!(grant_for(&sub.grants(), "198.51.100.2").lifetime_ms, 2_000);
+}
+
+#[tokio::test]
+async fn a_name_with_two_thousand_addresses_is_granted_completely_over_tcp() {
+    let world = World::start(&[]).await.unwrap();
+    let sub = Subscriber::connect(world.gateway.grpc, "node-a", AckMode::Immediately)
+        .await
+        .unwrap();
+    Subscriber::settle().await;
+
+    let over_udp = udp(
+        world.gateway.dns,
+        NGINX_A,
+        "big.example.test",
+        RecordType::A,
+    )
+    .await
+    .unwrap();
+    assert!(over_udp.metadata.truncation, "too big for UDP: TC set");
+    assert!(over_udp.answers.is_empty());
+
+    let over_tcp = tcp(
+        world.gateway.dns,
+        NGINX_A,
+        "big.example.test",
+        RecordType::A,
+    )
+    .await
+    .unwrap();
+    assert_eq!(over_tcp.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(addresses(&over_tcp).len(), BIG_COUNT);
+    let granted: HashSet<IpAddr> = sub
+        .grants()
+        .iter()
+        .map(|g| ip_of(&g.destination_ip))
+        .collect();
+    assert_eq!(granted.len(), BIG_COUNT);
+}
+
+#[tokio::test]
+async fn a_cache_hit_still_grants_another_pod_and_held_grants_are_not_resent() {
+    let world = World::start(&[]).await.unwrap();
+    let node_a = Subscriber::connect(world.gateway.grpc, "node-a", AckMode::Immediately)
+        .await
+        .unwrap();
+    let node_b = Subscriber::connect(world.gateway.grpc, "node-b", AckMode::Immediately)
+        .await
+        .unwrap();
+    Subscriber::settle().await;
+
+    udp(
+        world.gateway.dns,
+        NGINX_A,
+        "www.example.test",
+        RecordType::A,
+    )
+    .await
+    .unwrap();
+    let upstream_queries = world.authority.queries();
+    let from_cache = udp(
+        world.gateway.dns,
+        NGINX_B,
+        "www.example.test",
+        RecordType::A,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        addresses(&from_cache),
+        vec!["198.51.100.1".parse::<IpAddr>().unwrap()]
+    );
+    assert_eq!(
+        world.authority.queries(),
+        upstream_queries,
+        "answered from the cache"
+    );
+
+    let b_grants = node_b.grants();
+    assert_eq!(b_grants.len(), 1, "{b_grants:?}");
+    assert_eq!(b_grants[0].pod_ip, NGINX_B.octets().to_vec());
+    assert_eq!(
+        node_a.grants().len(),
+        1,
+        "node-a's enforcer gets nothing for node-b's pod"
+    );
+
+    // Asking again: node-a already holds the grant with a later expiry.
+    udp(
+        world.gateway.dns,
+        NGINX_A,
+        "www.example.test",
+        RecordType::A,
+    )
+    .await
+    .unwrap();
+    assert_eq!(node_a.batches.lock().unwrap().len(), 1, "not re-sent");
+    let metrics = world.gateway.metrics().await.unwrap();
+    assert!(metric(&metrics, "dnsfence_gateway_grants_deduplicated_total", &[]) >= 1.0);
+
+    // A new subscription (an enforcer restart) holds nothing: the grant is sent again.
+    drop(node_a);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let restarted = Subscriber::connect(world.gateway.grpc, "node-a", AckMode::Immediately)
+        .await
+        .unwrap();
+    Subscriber::settle().await;
+    udp(
+        world.gateway.dns,
+        NGINX_A,
+        "www.example.test",
+        RecordType::A,
+    )
+    .await
+    .unwrap();
+    assert_eq!(restarted.grants().len(), 1);
+}
+
+#[tokio::test]
+async fn a_dual_stack_pod_asking_over_ipv4_is_granted_ipv6_answers_on_its_ipv6_address() {
+    let world = World::start(&[]).await.unwrap();
+    let dual_v4 = std::net::Ipv4Addr::new(127, 0, 0, 5);
+    let dual_v6: IpAddr = "2001:db8::5".parse().unwrap();
+    world
+        .store
+        .pod("dual", &[("run", "nginx")], dual_v4.into(), "node-a")
+        .await
+        .unwrap();
+    // Register the second address too (a pod's addresses are set as a whole).
+    let mut client = world.store.client().await.unwrap();
+    client
+        .upsert_workloads(dnsfence_api::store::v1::UpsertWorkloadsRequest {
+            workloads: vec![dnsfence_api::store::v1::Workload {
+                key: Some(dnsfence_api::store::v1::WorkloadKey {
+                    namespace: "default".into(),
+                    name: "dual".into(),
+                }),
+                labels: [("run".to_string(), "nginx".to_string())].into(),
+                ips: vec![dual_v4.to_string(), dual_v6.to_string()],
+                node: "node-a".into(),
+            }],
+        })
+        .await
+        .unwrap();
+    let sub = Subscriber::connect(world.gateway.grpc, "node-a", AckMode::Immediately)
+        .await
+        .unwrap();
+    Subscriber::settle().await;
+    // The gateway learns the pod from the store asynchronously.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let a = udp(
+            world.gateway.dns,
+            dual_v4,
+            "www.example.test",
+            RecordType::A,
+        )
+        .await
+        .unwrap();
+        if a.metadata.response_code == ResponseCode::NoError {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{a:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    udp(
+        world.gateway.dns,
+        dual_v4,
+        "www.example.test",
+        RecordType::AAAA,
+    )
+    .await
+    .unwrap();
+    let grants = sub.grants();
+    let v4 = grant_for(&grants, "198.51.100.1");
+    assert_eq!(ip_of(&v4.pod_ip), IpAddr::V4(dual_v4));
+    let v6 = grant_for(&grants, "2001:db8::1");
+    assert_eq!(
+        ip_of(&v6.pod_ip),
+        dual_v6,
+        "granted on the pod's IPv6 address"
+    );
+}

@@ -1,0 +1,171 @@
+//! Bad input, failing upstreams, a missing store: the gateway keeps serving and says why.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::rr::{Name, RecordType};
+use tokio::io::AsyncWriteExt;
+
+async fn still_serves(world: &World) {
+    let udp_answer = udp(world.gateway.dns, NGINX_A, "github.com", RecordType::A)
+        .await
+        .unwrap();
+    assert_eq!(udp_answer.metadata.response_code, ResponseCode::NoError);
+    let tcp_answer = tcp(world.gateway.dns, NGINX_A, "github.com", RecordType::A)
+        .await
+        .unwrap();
+    assert_eq!(tcp_answer.metadata.response_code, ResponseCode::NoError);
+}
+
+#[tokio::test]
+async fn malformed_oversized_and_multi_question_queries_get_errors_and_the_server_goes_on() {
+    let world = World::start(&[]).await.unwrap();
+    let dns = world.gateway.dns;
+    let short_wait = Duration::from_millis(300);
+
+    // Shorter than a header: nothing to answer to.
+    assert_eq!(
+        udp_raw(dns, NGINX_A, b"\x01\x02\x03", short_wait)
+            .await
+            .unwrap(),
+        None
+    );
+
+    // A header followed by garbage: FORMERR with the query's ID.
+    let mut garbage = vec![0xbe, 0xef, 0x01, 0x00, 0x00, 0x01, 0, 0, 0, 0, 0, 0];
+    garbage.extend_from_slice(&[0xff; 40]);
+    let formerr = udp_raw(dns, NGINX_A, &garbage, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    let formerr = Message::from_vec(&formerr).unwrap();
+    assert_eq!(formerr.metadata.id, 0xbeef);
+    assert_eq!(formerr.metadata.response_code, ResponseCode::FormErr);
+
+    // An oversized datagram of garbage.
+    let big = vec![0x41u8; 9000];
+    let _ = udp_raw(dns, NGINX_A, &big, short_wait).await.unwrap();
+
+    // A "response" sent to the server is ignored (no reflection).
+    let mut response = query("github.com.", RecordType::A, true);
+    response.metadata.message_type = hickory_proto::op::MessageType::Response;
+    assert_eq!(
+        udp_raw(dns, NGINX_A, &response.to_vec().unwrap(), short_wait)
+            .await
+            .unwrap(),
+        None
+    );
+
+    // Two questions in one query.
+    let mut two = query("github.com.", RecordType::A, true);
+    two.add_query(hickory_proto::op::Query::query(
+        Name::from_ascii("api.github.com.").unwrap(),
+        RecordType::A,
+    ));
+    let answer = udp_exchange(dns, NGINX_A, &two).await.unwrap();
+    assert_eq!(answer.metadata.response_code, ResponseCode::FormErr);
+
+    // Garbage on TCP, framed and unframed.
+    let mut stream = tcp_connect(dns, NGINX_A).await.unwrap();
+    tcp_send(&mut stream, &[0xff; 30]).await.unwrap();
+    drop(stream);
+    let mut stream = tcp_connect(dns, NGINX_A).await.unwrap();
+    stream.write_all(&[0xff; 5000]).await.unwrap();
+    drop(stream);
+
+    still_serves(&world).await;
+    let metrics = world.gateway.metrics().await.unwrap();
+    assert!(
+        metric(&metrics, "dnsfence_gateway_malformed_packets_total", &[]) >= 2.0,
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_dead_upstream_is_skipped_and_with_none_left_the_answer_is_servfail() {
+    let authority = start_authority().await.unwrap();
+    let store = StoreHandle::start().await.unwrap();
+    store.seed().await.unwrap();
+    let (silent, _task) = silent_upstream().await.unwrap();
+
+    let failover = GatewayHandle::start(
+        store.addr,
+        &[silent, authority.addr()],
+        &["--upstream-timeout=200ms"],
+    )
+    .await
+    .unwrap();
+    failover.ready().await.unwrap();
+    let answer = udp(failover.dns, NGINX_A, "github.com", RecordType::A)
+        .await
+        .unwrap();
+    assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
+
+    let dead = GatewayHandle::start(
+        store.addr,
+        &[silent],
+        &["--upstream-timeout=150ms", "--upstream-attempts=2"],
+    )
+    .await
+    .unwrap();
+    dead.ready().await.unwrap();
+    let started = Instant::now();
+    let failed = udp(dead.dns, NGINX_A, "github.com", RecordType::A)
+        .await
+        .unwrap();
+    assert_eq!(failed.metadata.response_code, ResponseCode::ServFail);
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "two attempts of 150 ms"
+    );
+    let metrics = dead.metrics().await.unwrap();
+    assert!(
+        metric(
+            &metrics,
+            "dnsfence_gateway_queries_total",
+            &["verdict=\"UpstreamFailure\""]
+        ) >= 1.0,
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn before_the_store_is_reached_the_gateway_is_not_ready_and_answers_servfail() {
+    let authority = start_authority().await.unwrap();
+    // A port nobody serves yet; the store comes up on it later.
+    let reserved = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let store_addr = reserved.local_addr().unwrap();
+    drop(reserved);
+
+    let gateway = GatewayHandle::start(store_addr, &[authority.addr()], &[])
+        .await
+        .unwrap();
+    let (status, body) = http_get(gateway.http, "/readyz").await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    let early = udp(gateway.dns, NGINX_A, "github.com", RecordType::A)
+        .await
+        .unwrap();
+    assert_eq!(early.metadata.response_code, ResponseCode::ServFail);
+    assert_eq!(ede(&early).unwrap().0, 14, "RFC 8914 Not Ready");
+
+    let store = StoreHandle::start_on(store_addr).await.unwrap();
+    store.seed().await.unwrap();
+    gateway.ready().await.unwrap();
+    // Ready means caught up with what the store had when the watch opened; the seed may
+    // still be arriving.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let answer = udp(gateway.dns, NGINX_A, "github.com", RecordType::A)
+            .await
+            .unwrap();
+        if answer.metadata.response_code == ResponseCode::NoError {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{answer:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
