@@ -148,11 +148,7 @@ impl CachedAnswer {
         allowlist: Option<&Arc<Allowlist>>,
         decide: impl FnOnce() -> Verdict,
     ) -> Verdict {
-        let same = |m: &Memo| match (&m.allowlist, allowlist) {
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-            (None, None) => true,
-            _ => false,
-        };
+        let same = |m: &Memo| same_allowlist(m.allowlist.as_ref(), allowlist);
         if let Some(m) = lock(&self.memos).iter().find(|m| same(m)) {
             return m.verdict.clone();
         }
@@ -172,14 +168,7 @@ impl CachedAnswer {
     /// The answer for `query` (whose raw bytes are `raw`) at `now`, TTLs at most `ttl_cap`.
     pub fn answer(&self, raw: &[u8], query: &PlainQuery, now: Instant, ttl_cap: u32) -> Vec<u8> {
         let mut out = self.wire.clone();
-        out[0..2].copy_from_slice(&query.id.to_be_bytes());
-        // RD and CD echo the query; the other flags are the cached answer's.
-        out[2] = (out[2] & !0x01) | u8::from(query.recursion_desired);
-        out[3] = (out[3] & !0x10) | if query.checking_disabled { 0x10 } else { 0 };
-        let question = 12..query.question_end;
-        if let (Some(dst), Some(src)) = (out.get_mut(question.clone()), raw.get(question)) {
-            dst.copy_from_slice(src);
-        }
+        stamp(&mut out, raw, query);
         let age = self.age(now);
         for &offset in &self.ttl_offsets {
             let ttl = wire::read_u32(&self.wire, offset)
@@ -196,6 +185,21 @@ impl CachedAnswer {
 
     pub fn is_empty(&self) -> bool {
         self.wire.is_empty()
+    }
+}
+
+/// Makes a stored answer the answer to `query`: its ID, its RD and CD flags (the others are
+/// the stored answer's) and its question as the client wrote it (the case, for DNS 0x20).
+fn stamp(out: &mut [u8], raw: &[u8], query: &PlainQuery) {
+    if out.len() < 12 {
+        return;
+    }
+    out[0..2].copy_from_slice(&query.id.to_be_bytes());
+    out[2] = (out[2] & !0x01) | u8::from(query.recursion_desired);
+    out[3] = (out[3] & !0x10) | if query.checking_disabled { 0x10 } else { 0 };
+    let question = 12..query.question_end;
+    if let (Some(dst), Some(src)) = (out.get_mut(question.clone()), raw.get(question)) {
+        dst.copy_from_slice(src);
     }
 }
 
@@ -254,5 +258,126 @@ impl AnswerCache {
             }
         }
         shard.insert(key.into(), Arc::new(answer));
+    }
+}
+
+/// How long a remembered denial is re-sent before the long way decides again (the verdict
+/// cannot change under the same allowlist; this only bounds memory held by rare names).
+const DENIAL_LIFETIME: Duration = Duration::from_secs(60);
+
+/// A denied name's encoded answer (REFUSED or NXDOMAIN with its extended error) for the pods
+/// of one allowlist.
+#[derive(Debug)]
+pub struct Denial {
+    wire: Vec<u8>,
+    stored: Instant,
+    pub verdict: crate::metrics::QueryVerdict,
+    pub name: String,
+    pub reason: String,
+}
+
+impl Denial {
+    pub fn new(
+        wire: &[u8],
+        verdict: crate::metrics::QueryVerdict,
+        name: String,
+        reason: String,
+    ) -> Denial {
+        let mut wire = wire.to_vec();
+        if let Some(id) = wire.get_mut(0..2) {
+            id.fill(0);
+        }
+        Denial {
+            wire,
+            stored: Instant::now(),
+            verdict,
+            name,
+            reason,
+        }
+    }
+
+    /// The denial for `query`: its ID, RD and CD, and its question (the client's case).
+    pub fn answer(&self, raw: &[u8], query: &PlainQuery) -> Vec<u8> {
+        let mut out = self.wire.clone();
+        stamp(&mut out, raw, query);
+        out
+    }
+}
+
+type DenialShard =
+    HashMap<Box<[u8]>, Vec<(Option<Arc<Allowlist>>, Arc<Denial>)>, foldhash::fast::RandomState>;
+
+/// Denials by question and allowlist (`None`: pods no policy selects), bounded like
+/// [`AnswerCache`].
+#[derive(Debug)]
+pub struct DenialCache {
+    shards: Vec<Mutex<DenialShard>>,
+    per_shard: usize,
+    hasher: foldhash::fast::RandomState,
+}
+
+impl DenialCache {
+    pub fn new(max_entries: usize) -> DenialCache {
+        DenialCache {
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(DenialShard::default()))
+                .collect(),
+            per_shard: max_entries.div_ceil(SHARDS),
+            hasher: foldhash::fast::RandomState::default(),
+        }
+    }
+
+    fn shard(&self, key: &[u8]) -> MutexGuard<'_, DenialShard> {
+        let index = (self.hasher.hash_one(key) as usize) % self.shards.len();
+        lock(&self.shards[index])
+    }
+
+    pub fn get(
+        &self,
+        key: &AnswerKey,
+        allowlist: Option<&Arc<Allowlist>>,
+        now: Instant,
+    ) -> Option<Arc<Denial>> {
+        let shard = self.shard(key.as_slice());
+        shard
+            .get(key.as_slice())?
+            .iter()
+            .find(|(a, d)| {
+                same_allowlist(a.as_ref(), allowlist)
+                    && now.saturating_duration_since(d.stored) < DENIAL_LIFETIME
+            })
+            .map(|(_, d)| Arc::clone(d))
+    }
+
+    pub fn insert(&self, key: &AnswerKey, allowlist: Option<Arc<Allowlist>>, denial: Denial) {
+        if self.per_shard == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let key = key.as_slice();
+        let mut shard = self.shard(key);
+        if shard.len() >= self.per_shard && !shard.contains_key(key) {
+            let victim = shard.keys().next().cloned();
+            if let Some(victim) = victim {
+                shard.remove(&victim);
+            }
+        }
+        let entries = shard.entry(key.into()).or_default();
+        entries.retain(|(a, d)| {
+            !same_allowlist(a.as_ref(), allowlist.as_ref())
+                && now.saturating_duration_since(d.stored) < DENIAL_LIFETIME
+        });
+        if entries.len() >= 16 {
+            entries.remove(0);
+        }
+        entries.push((allowlist, Arc::new(denial)));
+    }
+}
+
+fn same_allowlist(a: Option<&Arc<Allowlist>>, b: Option<&Arc<Allowlist>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
     }
 }

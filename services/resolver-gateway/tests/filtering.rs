@@ -39,7 +39,7 @@ async fn seed_policy_allows_github_and_refuses_npmjs_with_an_extended_error() {
     let (code, text) = ede(&denied).expect("an extended DNS error");
     assert_eq!(code, 15, "RFC 8914 Blocked");
     assert!(text.contains("npmjs.com"), "{text}");
-    assert!(text.contains("default/nginx-a"), "{text}");
+    assert!(text.contains("isolated for egress"), "{text}");
 
     let granted: Vec<IpAddr> = sub
         .grants()
@@ -394,4 +394,51 @@ async fn cached_answers_keep_the_clients_case_and_id_and_are_filtered_per_pod() 
     .await
     .unwrap();
     assert_eq!(stranger.metadata.response_code, ResponseCode::Refused);
+}
+
+#[tokio::test]
+async fn remembered_denials_answer_only_pods_of_the_same_allowlist() {
+    let world = World::start(&[]).await.unwrap();
+    for round in 0..3 {
+        let mixed = query(
+            if round == 2 {
+                "NpmJS.com."
+            } else {
+                "npmjs.com."
+            },
+            RecordType::A,
+            true,
+        );
+        let denied = udp_exchange(world.gateway.dns, NGINX_A, &mixed)
+            .await
+            .unwrap();
+        assert_eq!(denied.metadata.id, mixed.metadata.id);
+        assert_eq!(
+            denied.metadata.response_code,
+            ResponseCode::Refused,
+            "round {round}"
+        );
+        assert_eq!(
+            denied.queries[0].name().to_ascii(),
+            mixed.queries[0].name().to_ascii()
+        );
+        let (code, text) = ede(&denied).expect("the extended error survives");
+        assert_eq!(code, 15);
+        assert!(text.contains("npmjs.com"), "{text}");
+    }
+    // A pod no policy selects (DefaultAllow) is not answered with nginx's denial.
+    let free = udp(world.gateway.dns, PLAIN, "npmjs.com", RecordType::A)
+        .await
+        .unwrap();
+    assert_eq!(free.metadata.response_code, ResponseCode::NoError);
+    let metrics = world.gateway.metrics().await.unwrap();
+    assert_eq!(
+        metric(
+            &metrics,
+            "dnsfence_gateway_queries_total",
+            &["verdict=\"Denied\""]
+        ),
+        3.0,
+        "{metrics}"
+    );
 }

@@ -71,6 +71,7 @@ fn world() -> &'static World {
                 grant_ack_timeout: Duration::from_millis(1),
                 ack_timeout_action: AckTimeoutAction::Answer,
                 max_udp_payload: 1232,
+                answer_cache_size: 1000,
             };
             let hub = GrantHub::new(Arc::clone(&metrics));
             Arc::new(Gateway::new(
@@ -89,6 +90,10 @@ fn world() -> &'static World {
 fuzz_target!(|data: &[u8]| {
     let world = world();
     let src: SocketAddr = "127.0.0.2:5353".parse().unwrap();
+    // The fast path first, as the UDP loop does.
+    if let Some(bytes) = world.gateway.answer_now(data, src, Transport::Udp) {
+        assert_eq!(&bytes[..2], &data[..2], "answer carries the query's ID");
+    }
     for transport in [Transport::Udp, Transport::Tcp] {
         let answer = world
             .runtime

@@ -1,0 +1,260 @@
+//! The fast path: answers from the encoded-answer and denial caches, without a `Message`.
+//! See [`crate::fast`] for what is cached and why the shortcut filters and grants exactly as
+//! the long way does.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dnsfence_api::Grant;
+use dnsfence_policy::allowlist::{Allowlist, Destination};
+use hickory_proto::rr::RecordType;
+
+use super::Gateway;
+use crate::config::AckTimeoutAction;
+use crate::fast::{AnswerKey, CachedAnswer, GrantTemplate, Verdict};
+use crate::grants::Delivery;
+use crate::identity::{Lookup, PodIdentity};
+use crate::metrics::{QueryVerdict, ReasonLabels, Transport};
+use crate::wire::{PlainQuery, parse_plain_query};
+
+/// Where the fast path got to without waiting.
+pub(super) enum FastStep {
+    Answer(Vec<u8>, QueryVerdict),
+    /// Cached and allowed, but these grants must reach the enforcer first.
+    Grant {
+        cached: Arc<CachedAnswer>,
+        pod: PodIdentity,
+        grants: Vec<Grant>,
+    },
+    Miss,
+}
+
+/// The pod address a grant for `dest` belongs to: a dual-stack pod asks over one family
+/// and connects over the other, so the grant goes to its address of the destination's family.
+pub(super) fn grant_source(pod: &PodIdentity, src: IpAddr, dest: IpAddr) -> IpAddr {
+    if src.is_ipv4() == dest.is_ipv4() {
+        return src;
+    }
+    pod.binding
+        .ips
+        .iter()
+        .copied()
+        .find(|ip| ip.is_ipv4() == dest.is_ipv4())
+        .unwrap_or(src)
+}
+
+/// SERVFAIL for a query the fast path could parse: the header with QR and RCODE set, the
+/// question, nothing else.
+pub(super) fn servfail_for(raw: &[u8]) -> Vec<u8> {
+    let end = parse_plain_query(raw)
+        .map_or(12, |q| q.question_end)
+        .min(raw.len());
+    let mut out = raw[..end].to_vec();
+    out[2] |= 0x80;
+    out[3] = (out[3] & 0xf0) | 0x80 | 0x02;
+    // One question, no records (the query's OPT record is left out).
+    out[6..12].fill(0);
+    out
+}
+
+impl Gateway {
+    /// The fast path without waiting: an answer from the encoded-answer cache when the pod
+    /// may have the name and its enforcer already holds the grants, or a remembered denial
+    /// for a pod of the same allowlist. `None`: take
+    /// [`Gateway::handle`].
+    pub fn answer_now(&self, raw: &[u8], src: SocketAddr, transport: Transport) -> Option<Vec<u8>> {
+        let started = Instant::now();
+        let query = parse_plain_query(raw)?;
+        match self.fast_step(raw, &query, src.ip(), transport, started) {
+            FastStep::Answer(bytes, verdict) => {
+                self.count(verdict, RecordType::from(query.qtype), transport, started);
+                Some(bytes)
+            }
+            FastStep::Grant { .. } | FastStep::Miss => None,
+        }
+    }
+
+    pub(super) fn fast_step(
+        &self,
+        raw: &[u8],
+        query: &PlainQuery,
+        src: IpAddr,
+        transport: Transport,
+        now: Instant,
+    ) -> FastStep {
+        if !self.identities.is_ready() {
+            return FastStep::Miss;
+        }
+        let Some(key) = AnswerKey::of(raw, query) else {
+            return FastStep::Miss;
+        };
+        let Some(cached) = self.answers.get(&key, now) else {
+            return self.fast_denial(raw, query, &key, src, now);
+        };
+        let limit = match transport {
+            Transport::Tcp => usize::from(u16::MAX),
+            Transport::Udp => usize::from(match query.edns_payload {
+                Some(p) => p.clamp(512, self.settings.max_udp_payload),
+                None => 512,
+            }),
+        };
+        if cached.len() > limit {
+            return FastStep::Miss;
+        }
+        let Lookup::Pod(pod) = self.identities.lookup(src) else {
+            return FastStep::Miss;
+        };
+        let verdict = cached.verdict(pod.allowlist.as_ref(), || {
+            self.verdict_for(pod.allowlist.as_deref(), &cached)
+        });
+        if !verdict.allowed {
+            return FastStep::Miss;
+        }
+        let mut ttl_cap = self.settings.grant_max_ttl;
+        if pod.allowlist.is_some() && !verdict.grants.is_empty() {
+            let age = cached.age(now);
+            let wanted = verdict.grants.iter().map(|t| {
+                (
+                    grant_source(&pod, src, t.ip),
+                    t.ip,
+                    t.ports.as_slice(),
+                    self.lifetime(t.ttl.saturating_sub(age)),
+                )
+            });
+            match self.hub.already_held(pod.node(), wanted) {
+                Some(remaining) => {
+                    ttl_cap = ttl_cap.min(remaining);
+                    self.metrics
+                        .grants_deduplicated
+                        .inc_by(verdict.grants.len() as u64);
+                }
+                None => {
+                    let grants = verdict
+                        .grants
+                        .iter()
+                        .map(|t| Grant {
+                            pod_ip: grant_source(&pod, src, t.ip),
+                            destination_ip: t.ip,
+                            ports: t.ports.clone(),
+                            lifetime: self.lifetime(t.ttl.saturating_sub(age)),
+                            name: cached.name.clone(),
+                        })
+                        .collect();
+                    return FastStep::Grant {
+                        cached,
+                        pod,
+                        grants,
+                    };
+                }
+            }
+        }
+        let cap = u32::try_from(ttl_cap.as_secs()).unwrap_or(u32::MAX);
+        FastStep::Answer(cached.answer(raw, query, now, cap), QueryVerdict::Allowed)
+    }
+
+    /// A denial the long way built for a pod of the same allowlist, re-sent.
+    pub(super) fn fast_denial(
+        &self,
+        raw: &[u8],
+        query: &PlainQuery,
+        key: &AnswerKey,
+        src: IpAddr,
+        now: Instant,
+    ) -> FastStep {
+        let Lookup::Pod(pod) = self.identities.lookup(src) else {
+            return FastStep::Miss;
+        };
+        let Some(denial) = self.denials.get(key, pod.allowlist.as_ref(), now) else {
+            return FastStep::Miss;
+        };
+        if denial.verdict == QueryVerdict::Denied {
+            self.log_denied(&pod, &denial.name, &denial.reason);
+        }
+        FastStep::Answer(denial.answer(raw, query), denial.verdict)
+    }
+
+    /// The fast path, waiting for the enforcer's ack when grants must be sent.
+    pub(super) async fn fast(
+        &self,
+        raw: &[u8],
+        query: &PlainQuery,
+        src: IpAddr,
+        transport: Transport,
+        now: Instant,
+    ) -> Option<(Vec<u8>, QueryVerdict)> {
+        let (cached, pod, grants) = match self.fast_step(raw, query, src, transport, now) {
+            FastStep::Answer(bytes, verdict) => return Some((bytes, verdict)),
+            FastStep::Miss => return None,
+            FastStep::Grant {
+                cached,
+                pod,
+                grants,
+            } => (cached, pod, grants),
+        };
+        let outcome = self
+            .hub
+            .grant(pod.node(), grants, self.settings.grant_ack_timeout)
+            .await;
+        if let Delivery::Failed(reason) = outcome.delivery {
+            self.metrics
+                .grant_ack_failures
+                .get_or_create(&ReasonLabels { reason })
+                .inc();
+            if self.settings.ack_timeout_action == AckTimeoutAction::Servfail {
+                return Some((servfail_for(raw), QueryVerdict::Allowed));
+            }
+        }
+        let ttl_cap = outcome.lifetime.map_or(self.settings.grant_max_ttl, |l| {
+            l.min(self.settings.grant_max_ttl)
+        });
+        let cap = u32::try_from(ttl_cap.as_secs()).unwrap_or(u32::MAX);
+        Some((
+            cached.answer(raw, query, Instant::now(), cap),
+            QueryVerdict::Allowed,
+        ))
+    }
+
+    /// What an allowlist (`None`: a pod no policy selects) says about a cached name.
+    pub(super) fn verdict_for(
+        &self,
+        allowlist: Option<&Allowlist>,
+        cached: &CachedAnswer,
+    ) -> Verdict {
+        let empty;
+        let allowlist = match allowlist {
+            Some(a) => a,
+            None => {
+                empty = Allowlist::new(Vec::new());
+                &empty
+            }
+        };
+        let default = self.settings.default_policy;
+        if !allowlist.decide_name(&cached.name, default).is_allowed() {
+            return Verdict {
+                allowed: false,
+                grants: Arc::from(Vec::new()),
+            };
+        }
+        let grants: Vec<GrantTemplate> = cached
+            .addresses
+            .iter()
+            .filter_map(|&(ip, ttl)| {
+                let ports = allowlist
+                    .allowed_ports(Destination::Resolved(&cached.name, ip), default)
+                    .allowed
+                    .ranges();
+                (!ports.is_empty()).then_some(GrantTemplate { ip, ports, ttl })
+            })
+            .collect();
+        Verdict {
+            allowed: true,
+            grants: Arc::from(grants),
+        }
+    }
+
+    pub(super) fn lifetime(&self, ttl: u32) -> Duration {
+        Duration::from_secs(u64::from(ttl))
+            .clamp(self.settings.grant_min_ttl, self.settings.grant_max_ttl)
+    }
+}
