@@ -65,5 +65,5 @@ gateway=$$
 export TOKIO_WORKER_THREADS=${TOKIO_WORKER_THREADS:-1}
 exec "$BIN/dnsfence-resolver-gateway" \
   --dns-listen "127.0.0.1:$PORT" --upstream "$UPSTREAM" \
-  --store "unix://$W/store.sock" --grpc-listen "unix://$W/grants.sock" --metrics-listen "" \
+  --store "unix://$W/store.sock" --grpc-listen "unix://$W/grants.sock" --metrics-listen "${METRICS_LISTEN:-}" \
   --udp-workers 1 --log-format text

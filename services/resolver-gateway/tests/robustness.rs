@@ -69,6 +69,40 @@ async fn malformed_oversized_and_multi_question_queries_get_errors_and_the_serve
     let answer = udp_exchange(dns, NGINX_A, &two).await.unwrap();
     assert_eq!(answer.metadata.response_code, ResponseCode::FormErr);
 
+    // Forty questions without EDNS (found by the fuzzer): the answer still fits 512 bytes.
+    let mut many = query(
+        "a-long-label-to-make-the-question-big.github.com.",
+        RecordType::A,
+        false,
+    );
+    for i in 0..39 {
+        many.add_query(hickory_proto::op::Query::query(
+            Name::from_ascii(format!(
+                "q{i}-another-long-label-for-the-question.github.com."
+            ))
+            .unwrap(),
+            RecordType::A,
+        ));
+    }
+    let raw = udp_raw(
+        dns,
+        NGINX_A,
+        &many.to_vec().unwrap(),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap()
+    .expect("an answer");
+    assert!(
+        raw.len() <= 512,
+        "{} bytes to a client without EDNS",
+        raw.len()
+    );
+    assert_eq!(
+        Message::from_vec(&raw).unwrap().metadata.response_code,
+        ResponseCode::FormErr
+    );
+
     // Garbage on TCP, framed and unframed.
     let mut stream = tcp_connect(dns, NGINX_A).await.unwrap();
     tcp_send(&mut stream, &[0xff; 30]).await.unwrap();

@@ -205,7 +205,10 @@ impl Gateway {
             return plain(query, ResponseCode::NotImp, QueryVerdict::Invalid);
         }
         let [question] = query.queries.as_slice() else {
-            return plain(query, ResponseCode::FormErr, QueryVerdict::Invalid);
+            // Echoing dozens of questions back would only amplify; the header says it all.
+            let mut a = plain(query, ResponseCode::FormErr, QueryVerdict::Invalid);
+            a.message.queries.clear();
+            return a;
         };
         if question.query_class() != DNSClass::IN {
             return plain(query, ResponseCode::Refused, QueryVerdict::Invalid);
@@ -273,12 +276,14 @@ impl Gateway {
                 return plain(query, ResponseCode::ServFail, QueryVerdict::UpstreamFailure);
             }
         };
+        // A name asked for the second time (the record cache had it) gets an encoded copy for
+        // the fast path; names asked once, the bulk of a cache-busting load, cost no copy.
+        let remember = (cacheable.is_some() && resolved.from_cache).then(|| name.clone());
         let mut message = response_to(query, resolved.rcode, self.settings.max_udp_payload);
         message.answers = resolved.answers;
         message.authorities = resolved.authority;
         cap_ttls(&mut message.answers, self.settings.grant_max_ttl);
         cap_ttls(&mut message.authorities, self.settings.grant_max_ttl);
-        let remember = cacheable.is_some().then(|| name.clone());
         let mut ttl_cap = self.settings.grant_max_ttl;
         if pod.allowlist.is_some() {
             let grants = self.grants_for(&pod, allowlist, &name, src, &message.answers);

@@ -95,7 +95,18 @@ pub(super) fn udp_limit(query: &Message, max: u16) -> u16 {
 pub(super) fn encode(message: &Message, limit: u16) -> Option<Vec<u8>> {
     match message.to_vec() {
         Ok(bytes) if bytes.len() <= usize::from(limit) => Some(bytes),
-        Ok(_) => message.truncate().to_vec().ok(),
+        Ok(_) => {
+            let mut truncated = message.truncate();
+            match truncated.to_vec() {
+                Ok(bytes) if bytes.len() <= usize::from(limit) => Some(bytes),
+                // Even the questions do not fit (a query with dozens of them): the header alone.
+                _ => {
+                    truncated.queries.clear();
+                    truncated.edns = None;
+                    truncated.to_vec().ok()
+                }
+            }
+        }
         Err(error) => {
             warn!(%error, "could not encode an answer");
             let mut failed = Message::error_msg(
