@@ -51,6 +51,86 @@ pub enum Command {
     Explain(ExplainArgs),
     /// Print the client's and the store's version and state.
     Version,
+    /// The lab: the whole system in network namespaces on this machine (root).
+    #[command(subcommand)]
+    Lab(LabCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LabCommand {
+    /// Build the world, start the services, apply the seed and show the verdicts.
+    Up {
+        #[command(flatten)]
+        dir: LabDir,
+        /// Use the release binaries (target/release) even if this is a debug build.
+        #[arg(long)]
+        release: bool,
+        /// The seed manifests (default: examples/seed here, else next to the build).
+        #[arg(long)]
+        seed: Option<PathBuf>,
+    },
+    /// Stop every lab process, delete its namespaces and pins (also after a crash).
+    Down {
+        #[command(flatten)]
+        dir: LabDir,
+    },
+    /// What runs: processes (alive?), namespaces.
+    Status {
+        #[command(flatten)]
+        dir: LabDir,
+    },
+    /// Run a command inside a pod's network namespace, e.g. `lab exec nginx -- curl ...`.
+    Exec {
+        #[command(flatten)]
+        dir: LabDir,
+        /// The pod: nginx or plain (or a full namespace name).
+        pod: String,
+        /// The command and its arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Print the services' logs (the enforcer's include the flow log).
+    Logs {
+        #[command(flatten)]
+        dir: LabDir,
+        /// store, gateway-1, gateway-2, enforcer, authority, web (default: all).
+        service: Option<String>,
+    },
+    /// Apply manifests to the lab's store (takes effect live).
+    Apply {
+        #[command(flatten)]
+        dir: LabDir,
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// The lab's web servers (run inside the internet namespace by `lab up`).
+    #[command(hide = true)]
+    ServeHttp {
+        /// The lab directory (marks the process as the lab's).
+        #[arg(long)]
+        lab_dir: Option<PathBuf>,
+        #[arg(required = true)]
+        addrs: Vec<std::net::SocketAddr>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct LabDir {
+    /// The lab directory: state, store data, logs.
+    #[arg(
+        long = "dir",
+        env = "DNSFENCE_LAB_DIR",
+        default_value = "./.dnsfence-lab"
+    )]
+    pub path: PathBuf,
+    /// Namespace prefix (tests use their own, so they never touch a user's lab).
+    #[arg(
+        long,
+        hide = true,
+        env = "DNSFENCE_LAB_PREFIX",
+        default_value = "dflab"
+    )]
+    pub prefix: String,
 }
 
 #[derive(Debug, Args)]

@@ -57,6 +57,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             let resp = client.explain(request).await?.into_inner();
             render::explanation(&resp, &e.destination, e.output)
         }
+        Command::Lab(l) => crate::lab::run(l),
         Command::Version => {
             println!("dnsfence {}", env!("CARGO_PKG_VERSION"));
             let mut client = connect(&cli.store, &cli.tls, cli.timeout).await?;

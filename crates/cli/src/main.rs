@@ -5,6 +5,7 @@
 mod args;
 mod commands;
 mod failure;
+mod lab;
 mod render;
 
 use clap::Parser;

@@ -13,10 +13,14 @@
 
 mod support;
 
+// The world is the lab's (crates/lab): the same namespaces, addresses, web servers and zones
+// that `dnsfence lab up` builds.
+use dnsfence_lab::{serve as lab_serve, topology as lab_topology};
+
 use std::{
     fs::File,
     io::{Read, Write},
-    net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
@@ -37,17 +41,12 @@ use support::{in_ns, privileged, run, sa};
 const NODE_NAME: &str = "node-1";
 const NGINX: &str = "192.0.2.10";
 const PLAIN: &str = "192.0.2.12";
-const GW1_DNS: &str = "192.0.2.1";
-const GW2_DNS: &str = "192.0.2.2";
-const GITHUB: &str = "203.0.113.10";
-const API_GITHUB: &str = "203.0.113.11";
-const NPMJS: &str = "203.0.113.20";
-const AUTHORITY: &str = "203.0.113.53";
 const NGINX_V6: &str = "2001:db8:1::10";
 const PLAIN_V6: &str = "2001:db8:1::12";
-const GITHUB_V6: &str = "2001:db8:2::10";
-const NPMJS_V6: &str = "2001:db8:2::20";
-const AUTHORITY_V6: &str = "2001:db8:2::53";
+use lab_topology::{
+    API_GITHUB, AUTHORITY, AUTHORITY_V6, GITHUB, GITHUB_V6, GW1_DNS, GW2_DNS, NPMJS, NPMJS_V6,
+    PodNet, Topology,
+};
 /// Names in ttl.test: `z<N>` TTL 0 → 10.250.0.N+1, `o<N>` TTL 1 → 10.250.1.N+1.
 const TTL_NAMES: u32 = 220;
 const ENFORCER_METRICS: &str = "127.0.0.1:9154";
@@ -170,16 +169,7 @@ fn spawn(
     args: &[String],
     log_dir: &Path,
 ) -> Proc {
-    let mut cmd = match netns {
-        Some(ns) => {
-            let mut c = Command::new("nsenter");
-            c.arg(format!("--net=/run/netns/{ns}"))
-                .arg("--")
-                .arg(program);
-            c
-        }
-        None => Command::new(program),
-    };
+    let mut cmd = lab_topology::command_in(netns, program);
     let open = |suffix: &str| {
         File::options()
             .create(true)
@@ -208,6 +198,8 @@ struct Namespaces {
     /// Pods wired after the enforcer started.
     extra: Vec<String>,
     pin_dir: PathBuf,
+    /// The lab's world: node, pods nginx (run=nginx) and plain, internet.
+    topology: Topology,
 }
 
 impl Namespaces {
@@ -218,403 +210,76 @@ impl Namespaces {
             std::process::id(),
             N.fetch_add(1, Ordering::SeqCst)
         );
+        let topology = Topology::plan(
+            &format!("dfe-{suffix}"),
+            lab_topology::standard_pods(&format!("dfe-{suffix}")),
+        );
+        let pod = |w: &str| {
+            topology
+                .pods
+                .iter()
+                .find(|p| p.workload == w)
+                .map(|p| p.netns.clone())
+                .unwrap()
+        };
         let t = Self {
-            node: format!("dfen-{suffix}"),
-            nginx: format!("dfeg-{suffix}"),
-            plain: format!("dfep-{suffix}"),
-            inet: format!("dfei-{suffix}"),
+            node: topology.node.clone(),
+            nginx: pod("default/nginx"),
+            plain: pod("default/plain"),
+            inet: topology.inet.clone(),
             extra: Vec::new(),
             pin_dir: PathBuf::from(format!("/sys/fs/bpf/dnsfence-e2e-{suffix}")),
+            topology,
         };
-        for ns in [&t.node, &t.nginx, &t.plain, &t.inet] {
-            run(&["ip", "netns", "add", ns]);
-            run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-            // no duplicate address detection: tentative addresses delay the first packets
-            run(&[
-                "ip",
-                "netns",
-                "exec",
-                ns,
-                "sysctl",
-                "-qw",
-                "net.ipv6.conf.all.accept_dad=0",
-                "net.ipv6.conf.default.accept_dad=0",
-            ]);
-        }
-        let node = t.node.as_str();
-        for (pod, veth) in [(&t.nginx, "vnginx"), (&t.plain, "vplain")] {
-            run(&[
-                "ip", "-n", node, "link", "add", veth, "type", "veth", "peer", "name", "eth0",
-                "netns", pod,
-            ]);
-        }
-        run(&[
-            "ip", "-n", node, "link", "add", "vinet", "type", "veth", "peer", "name", "eth0",
-            "netns", &t.inet,
-        ]);
-        run(&[
-            "ip",
-            "netns",
-            "exec",
-            node,
-            "sysctl",
-            "-qw",
-            "net.ipv4.ip_forward=1",
-            "net.ipv6.conf.all.forwarding=1",
-            "net.ipv4.conf.all.rp_filter=0",
-            "net.ipv4.conf.default.rp_filter=0",
-            "net.ipv4.conf.vnginx.rp_filter=0",
-            "net.ipv4.conf.vplain.rp_filter=0",
-            "net.ipv4.conf.vnginx.proxy_arp=1",
-            "net.ipv4.conf.vplain.proxy_arp=1",
-            "net.ipv4.neigh.vnginx.proxy_delay=0",
-            "net.ipv4.neigh.vplain.proxy_delay=0",
-        ]);
-        // the gateways' DNS addresses: what pods use as their resolver
-        for a in [GW1_DNS, GW2_DNS] {
-            run(&[
-                "ip",
-                "-n",
-                node,
-                "addr",
-                "add",
-                &format!("{a}/32"),
-                "dev",
-                "lo",
-            ]);
-        }
-        for (pod, veth, addr, v6) in [
-            (&t.nginx, "vnginx", NGINX, NGINX_V6),
-            (&t.plain, "vplain", PLAIN, PLAIN_V6),
-        ] {
-            let pod = pod.as_str();
-            run(&["ip", "-n", pod, "link", "set", "eth0", "up"]);
-            run(&[
-                "ip",
-                "-n",
-                pod,
-                "addr",
-                "add",
-                &format!("{addr}/32"),
-                "dev",
-                "eth0",
-            ]);
-            run(&[
-                "ip",
-                "-n",
-                pod,
-                "-6",
-                "addr",
-                "add",
-                &format!("{v6}/128"),
-                "dev",
-                "eth0",
-                "nodad",
-            ]);
-            run(&[
-                "ip", "-n", pod, "-6", "route", "add", "default", "via", "fe80::1", "dev", "eth0",
-            ]);
-            run(&[
-                "ip",
-                "-n",
-                pod,
-                "route",
-                "add",
-                "169.254.1.1",
-                "dev",
-                "eth0",
-                "scope",
-                "link",
-            ]);
-            run(&[
-                "ip",
-                "-n",
-                pod,
-                "route",
-                "add",
-                "default",
-                "via",
-                "169.254.1.1",
-                "dev",
-                "eth0",
-            ]);
-            run(&["ip", "-n", node, "link", "set", veth, "up"]);
-            run(&[
-                "ip",
-                "-n",
-                node,
-                "route",
-                "add",
-                &format!("{addr}/32"),
-                "dev",
-                veth,
-            ]);
-            run(&[
-                "ip",
-                "-n",
-                node,
-                "-6",
-                "addr",
-                "add",
-                "fe80::1/64",
-                "dev",
-                veth,
-                "nodad",
-            ]);
-            run(&[
-                "ip",
-                "-n",
-                node,
-                "-6",
-                "route",
-                "add",
-                &format!("{v6}/128"),
-                "dev",
-                veth,
-            ]);
-        }
-        run(&["ip", "-n", node, "link", "set", "vinet", "up"]);
-        run(&[
-            "ip",
-            "-n",
-            node,
-            "addr",
-            "add",
-            "203.0.113.1/24",
-            "dev",
-            "vinet",
-        ]);
-        run(&[
-            "ip",
-            "-n",
-            node,
-            "-6",
-            "addr",
-            "add",
-            "2001:db8:2::1/64",
-            "dev",
-            "vinet",
-            "nodad",
-        ]);
-        run(&[
-            "ip",
-            "-n",
-            node,
-            "route",
-            "add",
-            "default",
-            "via",
-            "203.0.113.2",
-        ]);
-        run(&[
-            "ip",
-            "-n",
-            node,
-            "route",
-            "add",
-            "10.250.0.0/16",
-            "via",
-            "203.0.113.2",
-        ]);
-        let inet = t.inet.as_str();
-        run(&["ip", "-n", inet, "link", "set", "eth0", "up"]);
-        for a in ["203.0.113.2", GITHUB, API_GITHUB, NPMJS, AUTHORITY] {
-            run(&[
-                "ip",
-                "-n",
-                inet,
-                "addr",
-                "add",
-                &format!("{a}/24"),
-                "dev",
-                "eth0",
-            ]);
-        }
-        for a in ["2001:db8:2::2", GITHUB_V6, NPMJS_V6, AUTHORITY_V6] {
-            run(&[
-                "ip",
-                "-n",
-                inet,
-                "-6",
-                "addr",
-                "add",
-                &format!("{a}/64"),
-                "dev",
-                "eth0",
-                "nodad",
-            ]);
-        }
-        run(&[
-            "ip",
-            "-n",
-            inet,
-            "route",
-            "add",
-            "192.0.2.0/24",
-            "via",
-            "203.0.113.1",
-        ]);
-        run(&[
-            "ip",
-            "-n",
-            inet,
-            "-6",
-            "route",
-            "add",
-            "2001:db8:1::/64",
-            "via",
-            "2001:db8:2::1",
-        ]);
-        // every address of 10.250.0.0/16 is local: one per TTL test name
-        run(&[
-            "ip",
-            "-n",
-            inet,
-            "route",
-            "add",
-            "local",
-            "10.250.0.0/16",
-            "dev",
-            "lo",
-        ]);
+        // `t` exists first: its Drop removes a half-built world
+        t.topology.create().expect("building the namespaces");
         t
     }
-}
 
-impl Namespaces {
     /// Wires an IPv4-only pod namespace `<node>-<tag>` behind host veth `veth`, the way a
     /// CNI would once the pod starts; returns the namespace's name.
     fn add_pod(&mut self, tag: &str, veth: &str, addr: &str) -> String {
-        let pod = format!("{}-{tag}", self.node);
-        let node = self.node.as_str();
-        run(&["ip", "netns", "add", &pod]);
-        self.extra.push(pod.clone());
-        run(&["ip", "-n", &pod, "link", "set", "lo", "up"]);
-        run(&[
-            "ip", "-n", node, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns",
-            &pod,
-        ]);
-        run(&[
-            "ip",
-            "netns",
-            "exec",
-            node,
-            "sysctl",
-            "-qw",
-            &format!("net.ipv4.conf.{veth}.rp_filter=0"),
-            &format!("net.ipv4.conf.{veth}.proxy_arp=1"),
-            &format!("net.ipv4.neigh.{veth}.proxy_delay=0"),
-        ]);
-        run(&["ip", "-n", &pod, "link", "set", "eth0", "up"]);
-        run(&[
-            "ip",
-            "-n",
-            &pod,
-            "addr",
-            "add",
-            &format!("{addr}/32"),
-            "dev",
-            "eth0",
-        ]);
-        run(&[
-            "ip",
-            "-n",
-            &pod,
-            "route",
-            "add",
-            "169.254.1.1",
-            "dev",
-            "eth0",
-            "scope",
-            "link",
-        ]);
-        run(&[
-            "ip",
-            "-n",
-            &pod,
-            "route",
-            "add",
-            "default",
-            "via",
-            "169.254.1.1",
-            "dev",
-            "eth0",
-        ]);
-        run(&["ip", "-n", node, "link", "set", veth, "up"]);
-        run(&[
-            "ip",
-            "-n",
-            node,
-            "route",
-            "add",
-            &format!("{addr}/32"),
-            "dev",
-            veth,
-        ]);
-        pod
+        let pod = PodNet {
+            workload: String::new(),
+            labels: Vec::new(),
+            netns: format!("{}-{tag}", self.node),
+            veth: veth.into(),
+            v4: addr.into(),
+            v6: None,
+        };
+        self.extra.push(pod.netns.clone());
+        self.topology.wire_pod(&pod).expect("wiring a pod");
+        pod.netns
     }
 }
 
 impl Drop for Namespaces {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.pin_dir);
-        for ns in self
-            .extra
-            .iter()
-            .chain([&self.nginx, &self.plain, &self.inet, &self.node])
-        {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        for ns in &self.extra {
+            lab_topology::delete_namespace(ns);
         }
+        self.topology.remove();
     }
 }
 
-/// TCP echo servers on 0.0.0.0:443 and :80 in the internet namespace (threads live until
-/// the test process exits).
+/// The lab's web servers (HTTP, and echo for anything else) on 0.0.0.0 and [::] ports 443
+/// and 80 in the internet namespace; threads live until the test process exits.
 fn start_web(inet: &str) {
     in_ns(inet, || {
-        for port in [443u16, 80] {
-            let v4 = TcpListener::bind(sa("0.0.0.0", port)).expect("bind");
-            let v6 = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None)
-                .expect("socket");
-            v6.set_only_v6(true).expect("v6only");
-            v6.set_reuse_address(true).expect("reuseaddr");
-            v6.bind(&sa("::", port).into()).expect("bind v6");
-            v6.listen(128).expect("listen");
-            for l in [v4, TcpListener::from(v6)] {
-                thread::spawn(move || {
-                    for conn in l.incoming().flatten() {
-                        thread::spawn(move || echo(conn));
-                    }
-                });
-            }
-        }
+        let addrs = [
+            sa("0.0.0.0", 443),
+            sa("0.0.0.0", 80),
+            sa("::", 443),
+            sa("::", 80),
+        ];
+        lab_serve::spawn(lab_serve::bind(&addrs).expect("bind the web servers"));
     });
 }
 
-fn echo(mut conn: TcpStream) {
-    let mut buf = [0u8; 1024];
-    while let Ok(n) = conn.read(&mut buf) {
-        if n == 0 || conn.write_all(&buf[..n]).is_err() {
-            break;
-        }
-    }
-}
-
+/// The lab's zones (github.com, npmjs.com, ...) and ttl.test.
 fn write_zones(dir: &Path) -> Vec<PathBuf> {
-    let github = dir.join("github.com.zone");
-    std::fs::write(
-        &github,
-        format!(
-            "$ORIGIN github.com.\n$TTL 300\n@ IN A {GITHUB}\n@ IN AAAA {GITHUB_V6}\napi IN A {API_GITHUB}\n"
-        ),
-    )
-    .unwrap();
-    let npmjs = dir.join("npmjs.com.zone");
-    std::fs::write(
-        &npmjs,
-        format!("$ORIGIN npmjs.com.\n$TTL 300\n@ IN A {NPMJS}\n@ IN AAAA {NPMJS_V6}\n"),
-    )
-    .unwrap();
+    let mut zones = lab_topology::write_zones(dir).unwrap();
     let mut ttl = String::from("$ORIGIN ttl.test.\n$TTL 300\n");
     ttl.push_str("zero 0 IN A 10.250.3.1\none 1 IN A 10.250.3.2\n");
     for n in 0..TTL_NAMES {
@@ -623,7 +288,8 @@ fn write_zones(dir: &Path) -> Vec<PathBuf> {
     }
     let ttl_zone = dir.join("ttl.test.zone");
     std::fs::write(&ttl_zone, ttl).unwrap();
-    vec![github, npmjs, ttl_zone]
+    zones.push(ttl_zone);
+    zones
 }
 
 /// Allows the TTL test names to run=nginx pods on 443/TCP.
