@@ -27,6 +27,7 @@ use std::{
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use dnsfence_lab::topology::{PodNet, Topology as LabTopology};
 use dnsfence_node_enforcer::{
     Datapath, DatapathOptions, Hook, Mode, PortSpec, Protocol, Reason, clock, netlink,
 };
@@ -66,8 +67,9 @@ struct Args {
 }
 
 const POD1_V4: &str = "192.0.2.10";
-const WEB_V4: &str = "203.0.113.80";
-const GW_V4: &str = "203.0.113.53";
+/// A web address and the DNS address of the lab's internet.
+const WEB_V4: &str = dnsfence_lab::topology::GITHUB;
+const GW_V4: &str = dnsfence_lab::topology::AUTHORITY;
 const BULK_PORT: u16 = 5001;
 const ECHO_PORT: u16 = 5002;
 const BATCH: usize = 1_000;
@@ -135,21 +137,6 @@ fn install_signal_cleanup() -> anyhow::Result<()> {
 // ---------------------------------------------------------------------------------------
 // topology (adapted from services/node-enforcer/tests/support)
 
-fn run(args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .with_context(|| args.join(" "))?;
-    if !out.status.success() {
-        bail!(
-            "`{}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
 fn enter_ns(ns: &str) -> anyhow::Result<()> {
     let path = format!("/run/netns/{ns}");
     let file = File::open(&path).with_context(|| path.clone())?;
@@ -181,135 +168,29 @@ struct Topology {
 }
 
 impl Topology {
+    /// The lab's world (crates/lab) with one pod: node between the pod and the internet.
     fn new() -> anyhow::Result<Self> {
         let suffix = format!("bench-{}", std::process::id());
+        let pod = PodNet {
+            workload: "default/bench".into(),
+            labels: Vec::new(),
+            netns: format!("dfp1-{suffix}"),
+            veth: "vpod1".into(),
+            v4: POD1_V4.into(),
+            v6: None,
+        };
+        let world = LabTopology::plan(&format!("df-{suffix}"), vec![pod.clone()]);
         let t = Self {
-            node: format!("dfn-{suffix}"),
-            pod1: format!("dfp1-{suffix}"),
-            inet: format!("dfi-{suffix}"),
+            node: world.node.clone(),
+            pod1: pod.netns,
+            inet: world.inet.clone(),
             pin_dir: PathBuf::from(format!("/sys/fs/bpf/dnsfence-{suffix}")),
         };
-        with_cleanup(|c| c.pin_dir = Some(t.pin_dir.clone()));
-        for ns in [&t.node, &t.pod1, &t.inet] {
-            run(&["ip", "netns", "add", ns])?;
-            with_cleanup(|c| c.namespaces.push(ns.clone()));
-            run(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
-        }
-        let node = t.node.as_str();
-        for (pod, veth) in [(&t.pod1, "vpod1"), (&t.inet, "vinet")] {
-            run(&[
-                "ip", "-n", node, "link", "add", veth, "type", "veth", "peer", "name", "eth0",
-                "netns", pod,
-            ])?;
-        }
-        run(&[
-            "ip",
-            "netns",
-            "exec",
-            node,
-            "sysctl",
-            "-qw",
-            "net.ipv4.ip_forward=1",
-            "net.ipv4.conf.all.rp_filter=0",
-            "net.ipv4.conf.default.rp_filter=0",
-            "net.ipv4.conf.vpod1.rp_filter=0",
-            "net.ipv4.conf.vpod1.proxy_arp=1",
-            "net.ipv4.neigh.vpod1.proxy_delay=0",
-        ])?;
-        {
-            let (pod, veth, v4) = (t.pod1.as_str(), "vpod1", POD1_V4);
-            run(&["ip", "-n", pod, "link", "set", "eth0", "up"])?;
-            run(&[
-                "ip",
-                "-n",
-                pod,
-                "addr",
-                "add",
-                &format!("{v4}/32"),
-                "dev",
-                "eth0",
-            ])?;
-            run(&[
-                "ip",
-                "-n",
-                pod,
-                "route",
-                "add",
-                "169.254.1.1",
-                "dev",
-                "eth0",
-                "scope",
-                "link",
-            ])?;
-            run(&[
-                "ip",
-                "-n",
-                pod,
-                "route",
-                "add",
-                "default",
-                "via",
-                "169.254.1.1",
-                "dev",
-                "eth0",
-            ])?;
-            run(&["ip", "-n", node, "link", "set", veth, "up"])?;
-            run(&[
-                "ip",
-                "-n",
-                node,
-                "route",
-                "add",
-                &format!("{v4}/32"),
-                "dev",
-                veth,
-            ])?;
-        }
-        run(&["ip", "-n", node, "link", "set", "vinet", "up"])?;
-        run(&[
-            "ip",
-            "-n",
-            node,
-            "addr",
-            "add",
-            "203.0.113.1/24",
-            "dev",
-            "vinet",
-        ])?;
-        run(&[
-            "ip",
-            "-n",
-            node,
-            "route",
-            "add",
-            "default",
-            "via",
-            "203.0.113.2",
-        ])?;
-        let inet = t.inet.as_str();
-        run(&["ip", "-n", inet, "link", "set", "eth0", "up"])?;
-        for a in ["203.0.113.2", WEB_V4, GW_V4] {
-            run(&[
-                "ip",
-                "-n",
-                inet,
-                "addr",
-                "add",
-                &format!("{a}/24"),
-                "dev",
-                "eth0",
-            ])?;
-        }
-        run(&[
-            "ip",
-            "-n",
-            inet,
-            "route",
-            "add",
-            "192.0.2.0/24",
-            "via",
-            "203.0.113.1",
-        ])?;
+        with_cleanup(|c| {
+            c.pin_dir = Some(t.pin_dir.clone());
+            c.namespaces.extend(world.namespaces());
+        });
+        world.create()?;
         Ok(t)
     }
 }

@@ -5,7 +5,7 @@
 mod common;
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use hickory_proto::op::ResponseCode;
@@ -14,10 +14,11 @@ use hickory_proto::rr::{RData, RecordType};
 #[tokio::test]
 async fn seed_policy_allows_github_and_refuses_npmjs_with_an_extended_error() {
     let world = World::start(&[]).await.unwrap();
-    let sub = Subscriber::connect(world.gateway.grpc, "node-a", AckMode::Immediately)
+    let sub = world
+        .gateway
+        .subscribe("node-a", AckMode::Immediately)
         .await
         .unwrap();
-    Subscriber::settle().await;
 
     for (name, ip) in [("github.com", GITHUB), ("api.github.com", API_GITHUB)] {
         let answer = udp(world.gateway.dns, NGINX_A, name, RecordType::A)
@@ -176,10 +177,11 @@ async fn a_search_suffix_expansion_of_an_allowed_name_is_nxdomain_so_musl_goes_o
 #[tokio::test]
 async fn cluster_domain_names_are_forwarded_unfiltered_and_without_grants() {
     let world = World::start(&[]).await.unwrap();
-    let sub = Subscriber::connect(world.gateway.grpc, "node-a", AckMode::Immediately)
+    let sub = world
+        .gateway
+        .subscribe("node-a", AckMode::Immediately)
         .await
         .unwrap();
-    Subscriber::settle().await;
     let answer = udp(
         world.gateway.dns,
         NGINX_A,
@@ -227,14 +229,13 @@ async fn pods_no_policy_selects_follow_the_node_default_and_strangers_are_refuse
     assert!(text.contains("127.0.0.9"), "{text}");
     world.gateway.stop().await.unwrap();
 
-    let deny = GatewayHandle::start(
+    let deny = GatewayHandle::start_ready(
         world.store.addr,
         &[world.authority.addr()],
         &["--default-policy=DefaultDeny", "--unknown-source=resolve"],
     )
     .await
     .unwrap();
-    deny.ready().await.unwrap();
     let closed = udp(deny.dns, PLAIN, "npmjs.com", RecordType::A)
         .await
         .unwrap();
@@ -258,10 +259,11 @@ async fn pods_no_policy_selects_follow_the_node_default_and_strangers_are_refuse
 #[tokio::test]
 async fn cname_chains_are_followed_to_the_final_addresses_even_when_split() {
     let world = World::start(&[]).await.unwrap();
-    let sub = Subscriber::connect(world.gateway.grpc, "node-a", AckMode::Immediately)
+    let sub = world
+        .gateway
+        .subscribe("node-a", AckMode::Immediately)
         .await
         .unwrap();
-    Subscriber::settle().await;
 
     let alias = udp(
         world.gateway.dns,
@@ -330,25 +332,15 @@ async fn a_policy_change_takes_effect_without_a_restart() {
         .delete("test-egress.yaml", TEST_EGRESS)
         .await
         .unwrap();
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let after = udp(
-            world.gateway.dns,
-            NGINX_A,
-            "www.example.test",
-            RecordType::A,
-        )
-        .await
-        .unwrap();
-        if after.metadata.response_code == ResponseCode::Refused {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still allowed after the policy was deleted"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    udp_until(
+        world.gateway.dns,
+        NGINX_A,
+        "www.example.test",
+        RecordType::A,
+        ResponseCode::Refused,
+    )
+    .await
+    .expect("refused once the policy is deleted");
     // The seed policy is untouched.
     let github = udp(world.gateway.dns, NGINX_A, "github.com", RecordType::A)
         .await

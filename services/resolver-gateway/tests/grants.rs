@@ -32,14 +32,11 @@ fn tcp_range(start: u32, end: u32) -> gpb::PortRange {
 #[tokio::test]
 async fn the_answer_is_sent_only_after_the_enforcer_acked() {
     let world = World::start(&["--grant-ack-timeout=5s"]).await.unwrap();
-    let sub = Subscriber::connect(
-        world.gateway.grpc,
-        "node-a",
-        AckMode::After(Duration::from_millis(300)),
-    )
-    .await
-    .unwrap();
-    Subscriber::settle().await;
+    let sub = world
+        .gateway
+        .subscribe("node-a", AckMode::After(Duration::from_millis(300)))
+        .await
+        .unwrap();
 
     let sent = Instant::now();
     let answer = udp(
@@ -77,10 +74,11 @@ async fn the_answer_is_sent_only_after_the_enforcer_acked() {
 #[tokio::test]
 async fn without_an_ack_the_answer_goes_out_after_the_timeout_and_is_counted() {
     let world = World::start(&["--grant-ack-timeout=150ms"]).await.unwrap();
-    let _sub = Subscriber::connect(world.gateway.grpc, "node-a", AckMode::Never)
+    let _sub = world
+        .gateway
+        .subscribe("node-a", AckMode::Never)
         .await
         .unwrap();
-    Subscriber::settle().await;
     let sent = Instant::now();
     let answer = udp(
         world.gateway.dns,
@@ -124,18 +122,14 @@ async fn without_an_ack_the_answer_goes_out_after_the_timeout_and_is_counted() {
     );
     world.gateway.stop().await.unwrap();
 
-    let strict = GatewayHandle::start(
+    let strict = GatewayHandle::start_ready(
         world.store.addr,
         &[world.authority.addr()],
         &["--grant-ack-timeout=100ms", "--ack-timeout-action=servfail"],
     )
     .await
     .unwrap();
-    strict.ready().await.unwrap();
-    let _sub = Subscriber::connect(strict.grpc, "node-a", AckMode::Never)
-        .await
-        .unwrap();
-    Subscriber::settle().await;
+    let _sub = strict.subscribe("node-a", AckMode::Never).await.unwrap();
     let failed = udp(strict.dns, NGINX_A, "www.example.test", RecordType::A)
         .await
         .unwrap();
@@ -145,10 +139,11 @@ async fn without_an_ack_the_answer_goes_out_after_the_timeout_and_is_counted() {
 #[tokio::test]
 async fn grants_carry_the_allowed_ports_and_clamped_lifetimes() {
     let world = World::start(&["--grant-max-ttl=1h"]).await.unwrap();
-    let sub = Subscriber::connect(world.gateway.grpc, "node-a", AckMode::Immediately)
+    let sub = world
+        .gateway
+        .subscribe("node-a", AckMode::Immediately)
         .await
         .unwrap();
-    Subscriber::settle().await;
     let dns = world.gateway.dns;
 
     let www = udp(dns, NGINX_A, "www.example.test", RecordType::A)
@@ -204,18 +199,17 @@ async fn grants_carry_the_allowed_ports_and_clamped_lifetimes() {
     );
 
     world.gateway.stop().await.unwrap();
-    let short = GatewayHandle::start(
+    let short = GatewayHandle::start_ready(
         world.store.addr,
         &[world.authority.addr()],
         &["--grant-min-ttl=2s"],
     )
     .await
     .unwrap();
-    short.ready().await.unwrap();
-    let sub = Subscriber::connect(short.grpc, "node-a", AckMode::Immediately)
+    let sub = short
+        .subscribe("node-a", AckMode::Immediately)
         .await
         .unwrap();
-    Subscriber::settle().await;
     udp(short.dns, NGINX_A, "zero.example.test", RecordType::A)
         .await
         .unwrap();
@@ -225,10 +219,11 @@ async fn grants_carry_the_allowed_ports_and_clamped_lifetimes() {
 #[tokio::test]
 async fn a_name_with_two_thousand_addresses_is_granted_completely_over_tcp() {
     let world = World::start(&[]).await.unwrap();
-    let sub = Subscriber::connect(world.gateway.grpc, "node-a", AckMode::Immediately)
+    let sub = world
+        .gateway
+        .subscribe("node-a", AckMode::Immediately)
         .await
         .unwrap();
-    Subscriber::settle().await;
 
     let over_udp = udp(
         world.gateway.dns,
@@ -262,13 +257,16 @@ async fn a_name_with_two_thousand_addresses_is_granted_completely_over_tcp() {
 #[tokio::test]
 async fn a_cache_hit_still_grants_another_pod_and_held_grants_are_not_resent() {
     let world = World::start(&[]).await.unwrap();
-    let node_a = Subscriber::connect(world.gateway.grpc, "node-a", AckMode::Immediately)
+    let node_a = world
+        .gateway
+        .subscribe("node-a", AckMode::Immediately)
         .await
         .unwrap();
-    let node_b = Subscriber::connect(world.gateway.grpc, "node-b", AckMode::Immediately)
+    let node_b = world
+        .gateway
+        .subscribe("node-b", AckMode::Immediately)
         .await
         .unwrap();
-    Subscriber::settle().await;
 
     udp(
         world.gateway.dns,
@@ -321,11 +319,12 @@ async fn a_cache_hit_still_grants_another_pod_and_held_grants_are_not_resent() {
 
     // A new subscription (an enforcer restart) holds nothing: the grant is sent again.
     drop(node_a);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let restarted = Subscriber::connect(world.gateway.grpc, "node-a", AckMode::Immediately)
+    world.gateway.wait_subscribers(1).await.unwrap();
+    let restarted = world
+        .gateway
+        .subscribe("node-a", AckMode::Immediately)
         .await
         .unwrap();
-    Subscriber::settle().await;
     udp(
         world.gateway.dns,
         NGINX_A,
@@ -363,27 +362,21 @@ async fn a_dual_stack_pod_asking_over_ipv4_is_granted_ipv6_answers_on_its_ipv6_a
         })
         .await
         .unwrap();
-    let sub = Subscriber::connect(world.gateway.grpc, "node-a", AckMode::Immediately)
+    let sub = world
+        .gateway
+        .subscribe("node-a", AckMode::Immediately)
         .await
         .unwrap();
-    Subscriber::settle().await;
     // The gateway learns the pod from the store asynchronously.
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let a = udp(
-            world.gateway.dns,
-            dual_v4,
-            "www.example.test",
-            RecordType::A,
-        )
-        .await
-        .unwrap();
-        if a.metadata.response_code == ResponseCode::NoError {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{a:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    udp_until(
+        world.gateway.dns,
+        dual_v4,
+        "www.example.test",
+        RecordType::A,
+        ResponseCode::NoError,
+    )
+    .await
+    .unwrap();
     udp(
         world.gateway.dns,
         dual_v4,

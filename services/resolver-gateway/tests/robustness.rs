@@ -126,27 +126,25 @@ async fn a_dead_upstream_is_skipped_and_with_none_left_the_answer_is_servfail() 
     store.seed().await.unwrap();
     let (silent, _task) = silent_upstream().await.unwrap();
 
-    let failover = GatewayHandle::start(
+    let failover = GatewayHandle::start_ready(
         store.addr,
         &[silent, authority.addr()],
         &["--upstream-timeout=200ms"],
     )
     .await
     .unwrap();
-    failover.ready().await.unwrap();
     let answer = udp(failover.dns, NGINX_A, "github.com", RecordType::A)
         .await
         .unwrap();
     assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
 
-    let dead = GatewayHandle::start(
+    let dead = GatewayHandle::start_ready(
         store.addr,
         &[silent],
         &["--upstream-timeout=150ms", "--upstream-attempts=2"],
     )
     .await
     .unwrap();
-    dead.ready().await.unwrap();
     let started = Instant::now();
     let failed = udp(dead.dns, NGINX_A, "github.com", RecordType::A)
         .await
@@ -191,15 +189,13 @@ async fn before_the_store_is_reached_the_gateway_is_not_ready_and_answers_servfa
     gateway.ready().await.unwrap();
     // Ready means caught up with what the store had when the watch opened; the seed may
     // still be arriving.
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let answer = udp(gateway.dns, NGINX_A, "github.com", RecordType::A)
-            .await
-            .unwrap();
-        if answer.metadata.response_code == ResponseCode::NoError {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{answer:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    udp_until(
+        gateway.dns,
+        NGINX_A,
+        "github.com",
+        RecordType::A,
+        ResponseCode::NoError,
+    )
+    .await
+    .unwrap();
 }

@@ -304,6 +304,42 @@ impl GatewayHandle {
         }
     }
 
+    /// Starts a gateway and waits until it caught up with the store.
+    pub async fn start_ready(
+        store: SocketAddr,
+        upstreams: &[SocketAddr],
+        extra: &[&str],
+    ) -> anyhow::Result<GatewayHandle> {
+        let gateway = GatewayHandle::start(store, upstreams, extra).await?;
+        gateway.ready().await?;
+        Ok(gateway)
+    }
+
+    /// Subscribes as `node`'s enforcer and waits until the gateway registered the stream.
+    pub async fn subscribe(&self, node: &str, mode: AckMode) -> anyhow::Result<Subscriber> {
+        let before = self.subscribers().await?;
+        let sub = Subscriber::connect(self.grpc, node, mode).await?;
+        self.wait_subscribers(before + 1).await?;
+        Ok(sub)
+    }
+
+    /// The gateway's count of enforcer subscriptions.
+    pub async fn subscribers(&self) -> anyhow::Result<usize> {
+        Ok(metric(&self.metrics().await?, "dnsfence_gateway_subscribers", &[]) as usize)
+    }
+
+    /// Waits until the gateway counts exactly `n` subscriptions.
+    pub async fn wait_subscribers(&self, n: usize) -> anyhow::Result<()> {
+        let deadline = Instant::now() + PATIENCE;
+        while self.subscribers().await? != n {
+            if Instant::now() > deadline {
+                bail!("the gateway never counted {n} subscriptions");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+
     pub async fn metrics(&self) -> anyhow::Result<String> {
         Ok(http_get(self.http, "/metrics").await?.1)
     }
@@ -434,12 +470,6 @@ impl Subscriber {
         Ok(Subscriber { batches, task })
     }
 
-    /// Waits until the gateway counts this many subscribers for the node's grants (the
-    /// subscription is registered when the first message arrives).
-    pub async fn settle() {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-
     pub fn grants(&self) -> Vec<gpb::Grant> {
         self.batches
             .lock()
@@ -548,6 +578,30 @@ pub async fn tcp_receive(stream: &mut tokio::net::TcpStream) -> anyhow::Result<M
     let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
     stream.read_exact(&mut buf).await?;
     Ok(Message::from_vec(&buf)?)
+}
+
+/// Queries until the answer has `rcode` (the gateway learns store changes asynchronously).
+pub async fn udp_until(
+    server: SocketAddr,
+    source: Ipv4Addr,
+    name: &str,
+    qtype: RecordType,
+    rcode: hickory_proto::op::ResponseCode,
+) -> anyhow::Result<Message> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let answer = udp(server, source, name, qtype).await?;
+        if answer.metadata.response_code == rcode {
+            return Ok(answer);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{name}: still {:?} after {PATIENCE:?}",
+                answer.metadata.response_code
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 pub async fn tcp(
