@@ -135,6 +135,11 @@ fn pid_alive(pid: i32, program: &str) -> bool {
         return false;
     }
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    // While nsenter execs the program, /proc/PID/cmdline reads empty for a moment: the
+    // process is there, just between two programs.
+    if cmdline.is_empty() {
+        return true;
+    }
     let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or_default();
     let argv0 = String::from_utf8_lossy(argv0);
     Path::new(argv0.as_ref())
