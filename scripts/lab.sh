@@ -20,6 +20,10 @@ command -v clang-19 >/dev/null 2>&1 || need_apt+=(clang-19)
 [ -f /usr/include/bpf/bpf_helpers.h ] || need_apt+=(libbpf-dev)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 command -v nsenter >/dev/null 2>&1 || need_apt+=(util-linux)
+# to try things by hand inside the pods (dnsfence lab exec nginx -- dig/curl/nc ...)
+command -v dig >/dev/null 2>&1 || need_apt+=(bind9-dnsutils)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+command -v nc >/dev/null 2>&1 || need_apt+=(netcat-openbsd)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "==> installing ${need_apt[*]}"
   DEBIAN_FRONTEND=noninteractive apt-get update -qq

@@ -10,6 +10,8 @@ command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 command -v clang-19 >/dev/null 2>&1 || need_apt+=(clang-19)
 [ -f /usr/include/bpf/bpf_helpers.h ] || need_apt+=(libbpf-dev)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+# the observability test runs one jq filter over the decision and flow logs
+command -v jq >/dev/null 2>&1 || need_apt+=(jq)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then
     echo "==> installing ${need_apt[*]}"
@@ -33,5 +35,11 @@ echo "==> cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "==> cargo test"
 cargo test --workspace --locked 2>&1 | tee target/test-output.txt
+# ---- deploy/ (issue 6: CRDs + manifests) ----
+# Every kustomization under deploy/ rendered with Debian's kubectl and validated offline
+# (kubernetes-validate, CRD schemas); installs its tools under target/ on first run.
+echo "==> deploy manifests"
+./scripts/validate-deploy.sh
+# ---- end deploy/ ----
 # One closing line for the whole run, summed over every test binary.
 awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "%d passed, %d failed, %d skipped\n", p, f, i }' target/test-output.txt

@@ -5,6 +5,7 @@
 //!   `dnsfence-policy`. Generated types stay at the edge of each service; everything past the
 //!   RPC handler works with the domain types.
 //! - [`tail`]: tailing the store's derived view with reconnects, for gateways and enforcers.
+//! - [`trace`]: W3C trace context into every call's metadata and out of it on the servers.
 //! - [`tls`], [`transport`]: TLS flags, listeners, serving one router on several listeners,
 //!   channels to `http(s)://` and `unix://` addresses, and reconnect backoff.
 
@@ -13,6 +14,7 @@ pub mod duration;
 pub mod error;
 pub mod tail;
 pub mod tls;
+pub mod trace;
 pub mod transport;
 
 /// Generated code: not ours to lint or document.
@@ -53,6 +55,7 @@ pub use convert::{default_policy_from_proto, default_policy_to_proto};
 pub use duration::parse_duration;
 pub use error::ApiError;
 pub use tls::{ClientTls, ServerTls};
+pub use trace::{GrpcTraceLayer, TraceContext};
 pub use transport::{
     Backoff, Listener, connect, connect_lazy, endpoint, health_and_reflection, serve,
     server_builder,

@@ -12,12 +12,13 @@ use dnsfence_policy::allowlist::Allowlist;
 use dnsfence_policy::model::{Event, WorkloadBinding};
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use crate::error::ApiError;
 use crate::store::v1 as pb;
 use crate::store::v1::policy_store_client::PolicyStoreClient;
 use crate::store::v1::watch_response::Kind;
+use crate::trace::TraceContext;
 use crate::transport::Backoff;
 
 /// The derived state at one revision: everything a consumer needs to start over.
@@ -59,7 +60,7 @@ pub fn tail_derived(channel: Channel, config: TailConfig) -> mpsc::Receiver<Tail
 }
 
 async fn run(channel: Channel, config: TailConfig, tx: mpsc::Sender<TailUpdate>) {
-    let mut client = PolicyStoreClient::new(channel)
+    let mut client = PolicyStoreClient::with_interceptor(channel, TraceContext)
         .max_decoding_message_size(64 * 1024 * 1024)
         .max_encoding_message_size(64 * 1024 * 1024);
     let mut last = config.from_revision;
@@ -73,7 +74,20 @@ async fn run(channel: Channel, config: TailConfig, tx: mpsc::Sender<TailUpdate>)
         };
         let mut req = tonic::Request::new(request);
         req.set_timeout(Duration::from_secs(24 * 3600 * 365));
-        let opened = tokio::time::timeout(config.connect_timeout, client.watch(req)).await;
+        // Opening the watch is traced (a root span per connection); the stream is not.
+        let span = tracing::info_span!(
+            target: dnsfence_telemetry::OTEL_TARGET,
+            "store watch",
+            otel.kind = "client",
+            rpc.system = "grpc",
+            rpc.service = "dnsfence.store.v1.PolicyStore",
+            rpc.method = "Watch",
+            dnsfence.node = %config.node,
+            dnsfence.revision = last,
+        );
+        let opened = tokio::time::timeout(config.connect_timeout, client.watch(req))
+            .instrument(span)
+            .await;
         let reason = match opened {
             Err(_) => format!(
                 "opening the watch timed out after {:?}",

@@ -22,10 +22,12 @@ use tonic::transport::{Channel, Endpoint, Server, Uri};
 use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::server::HealthReporter;
 use tonic_reflection::server::v1::{ServerReflection, ServerReflectionServer};
+use tower::layer::util::{Identity, Stack};
 use tower::{Layer, Service};
 
 use crate::error::ApiError;
 use crate::tls::{ClientTls, ServerTls};
+use crate::trace::GrpcTraceLayer;
 
 /// HTTP/2 pings: a peer that vanished without a FIN (node lost, NAT entry dropped) is noticed
 /// within interval + timeout instead of when the next write fails, which for an idle watch
@@ -170,9 +172,12 @@ where
     results.into_iter().collect()
 }
 
-/// A server builder with dnsfence's settings: TLS from the flags, TCP_NODELAY, and HTTP/2
-/// keepalive pings. Add services to it and hand the router to [`serve`].
-pub fn server_builder(tls: &ServerTls) -> Result<Server, ApiError> {
+/// A server builder with dnsfence's settings: TLS from the flags, TCP_NODELAY, HTTP/2
+/// keepalive pings, and a server span per call whose parent is the caller's trace context
+/// ([`GrpcTraceLayer`]). Add services to it and hand the router to [`serve`].
+pub fn server_builder(
+    tls: &ServerTls,
+) -> Result<Server<Stack<GrpcTraceLayer, Identity>>, ApiError> {
     let mut server = Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
@@ -182,7 +187,7 @@ pub fn server_builder(tls: &ServerTls) -> Result<Server, ApiError> {
             .tls_config(config)
             .map_err(|e| ApiError::Tls(error_chain(&e)))?;
     }
-    Ok(server)
+    Ok(server.layer(GrpcTraceLayer))
 }
 
 /// The standard `grpc.health.v1` service and the v1 reflection service describing every

@@ -83,7 +83,10 @@ pub enum LabCommand {
     Exec {
         #[command(flatten)]
         dir: LabDir,
-        /// The pod: nginx or plain (or a full namespace name).
+        /// The pod: `default/nginx`, `default/plain`, `default/web`, `shop/nginx` (or their
+        /// short names nginx, plain, web, shop-nginx, or a network namespace's name). The
+        /// command sees the pod's network and its resolv.conf (the gateways' cluster DNS
+        /// address, the namespace's search list, ndots:5), as in a Kubernetes pod.
         pod: String,
         /// The command and its arguments.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]

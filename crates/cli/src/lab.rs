@@ -53,8 +53,12 @@ fn pod_netns(lab: &Lab, default_prefix: &str, pod: &str) -> String {
         .read_state()
         .map(|s| s.prefix)
         .unwrap_or_else(|| default_prefix.to_string());
-    let short = pod.rsplit('/').next().unwrap_or(pod);
-    format!("{prefix}-{short}")
+    // `namespace/name` as registered, or the short name (`nginx`, `shop-nginx`)
+    dnsfence_lab::topology::standard_pods(&prefix)
+        .into_iter()
+        .find(|p| p.workload == pod)
+        .map(|p| p.netns)
+        .unwrap_or_else(|| format!("{prefix}-{pod}"))
 }
 
 pub fn run(cmd: LabCommand) -> Result<(), Failure> {
@@ -78,12 +82,15 @@ pub fn run(cmd: LabCommand) -> Result<(), Failure> {
             println!();
             println!("The lab keeps running. Try:");
             println!(
-                "  dnsfence lab exec nginx -- dig @192.0.2.1 api.github.com    (the pods' resolver)"
+                "  dnsfence lab exec nginx -- dig api.github.com         (through the gateways at {})",
+                dnsfence_lab::topology::CLUSTER_DNS
             );
-            println!("  dnsfence lab exec nginx -- curl -s http://203.0.113.10:443/");
+            println!("  dnsfence lab exec nginx -- curl -s http://github.com:443/");
+            println!("  dnsfence lab exec shop/nginx -- curl -s http://npmjs.com:443/");
             println!("  dnsfence lab logs enforcer      # includes the flow log");
             println!("  dnsfence lab apply -f FILE      # a policy change takes effect live");
             println!("  dnsfence lab status | dnsfence lab down");
+            print_observability(&dir.prefix);
             Ok(())
         }
         LabCommand::Down { dir } => {
@@ -147,12 +154,30 @@ pub fn run(cmd: LabCommand) -> Result<(), Failure> {
                     "no namespace {ns}: is the lab up? (dnsfence lab status)"
                 )));
             }
-            let status = Command::new("nsenter")
-                .arg(format!("--net=/run/netns/{ns}"))
-                .arg("--")
+            // The pod's own resolv.conf (the cluster DNS address, its search list), as the
+            // kubelet would mount it: bound over /etc/resolv.conf in a private mount
+            // namespace, so the host's file stays as it is.
+            let resolv = dnsfence_lab::World::resolv_conf_path(&lab, &ns);
+            let mut cmd = if resolv.exists() {
+                let mut c = Command::new("unshare");
+                c.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+                    .arg(
+                        "f=$1; n=$2; shift 2; mount --bind \"$f\" /etc/resolv.conf && \
+                         exec nsenter --net=\"$n\" -- \"$@\"",
+                    )
+                    .arg("sh")
+                    .arg(&resolv)
+                    .arg(format!("/run/netns/{ns}"));
+                c
+            } else {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}")).arg("--");
+                c
+            };
+            let status = cmd
                 .args(&command)
                 .status()
-                .map_err(|e| fail(format!("running nsenter: {e}")))?;
+                .map_err(|e| fail(format!("running the command in {ns}: {e}")))?;
             if !status.success() {
                 std::process::exit(status.code().unwrap_or(1));
             }
@@ -209,4 +234,39 @@ pub fn run(cmd: LabCommand) -> Result<(), Failure> {
             dnsfence_lab::serve::serve_forever(&addrs).map_err(|e| fail(format!("{e:#}")))
         }
     }
+}
+
+/// Where the lab's metrics, traces and decision/flow logs are.
+fn print_observability(prefix: &str) {
+    println!();
+    println!("Metrics (Prometheus text; gateways and enforcer listen inside the node namespace):");
+    println!(
+        "  curl -s http://{}/metrics                               # policy store",
+        dnsfence_lab::STORE_METRICS
+    );
+    for i in 0..2 {
+        println!(
+            "  dnsfence lab exec node -- curl -s http://{}/metrics   # gateway-{}",
+            dnsfence_lab::gateway_metrics(i),
+            i + 1
+        );
+    }
+    println!(
+        "  dnsfence lab exec node -- curl -s http://{}/metrics   # node-enforcer",
+        dnsfence_lab::ENFORCER_METRICS
+    );
+    match std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") {
+        Ok(endpoint) if !endpoint.trim().is_empty() => println!(
+            "Traces: every service exports OTLP/gRPC to {endpoint} (from its own network \
+             namespace: the gateways and the enforcer run in {prefix}-node); every query is \
+             traced unless OTEL_TRACES_SAMPLER says otherwise"
+        ),
+        _ => println!(
+            "Traces: off. Set OTEL_EXPORTER_OTLP_ENDPOINT before `dnsfence lab up`, e.g. \
+             unix:///tmp/otlp.sock (a collector's OTLP gRPC receiver on a Unix socket is \
+             reachable from every namespace)"
+        ),
+    }
+    println!("Decision and flow logs (JSON lines, one schema):");
+    println!("  dnsfence lab logs | jq -cR 'fromjson? | select(.verdict == \"deny\")'");
 }

@@ -12,8 +12,33 @@ use clap::Parser;
 
 use crate::failure::Failure;
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    restore_default_sigpipe();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    runtime.block_on(run());
+}
+
+/// A reader that goes away (`dnsfence lab status | head`) ends the program quietly, as it
+/// does any Unix tool, instead of a panic in `println!` (Rust ignores SIGPIPE by default).
+#[allow(unsafe_code)]
+fn restore_default_sigpipe() {
+    // SAFETY: called first in `main`, before any other thread exists; SIG_DFL is a valid
+    // disposition for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+async fn run() {
     let cli = args::Cli::parse();
     let code = match commands::run(cli).await {
         Ok(()) => 0,

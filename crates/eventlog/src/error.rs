@@ -54,6 +54,10 @@ pub enum LogError {
     #[error("snapshot revision {requested} is older than the stored snapshot at {current}")]
     SnapshotRegression { requested: u64, current: u64 },
 
+    /// `enqueue_at` asked for revisions the log would not assign.
+    #[error("append at revision {requested} refused: the log's next revision is {next}")]
+    RevisionMismatch { requested: u64, next: u64 },
+
     /// Stored data does not have the shape this crate writes.
     #[error("event log data is corrupt: {detail}")]
     Corrupt { detail: String },

@@ -6,6 +6,8 @@
 //!   compactions (a high-water mark is persisted before compaction deletes anything).
 //! * Compaction stores a snapshot and deletes old records, keeping `retention` of them so a
 //!   consumer slightly behind can resume without the snapshot.
+//! * A replica copies another log with `enqueue_at` (records at given revisions) and `reset`
+//!   (adopt a snapshot at a given revision, dropping every record).
 //! * Subscribers watch the durable head and pull with `read_from`, so the writer never blocks
 //!   on or buffers for slow consumers.
 
@@ -130,6 +132,25 @@ impl EventLog {
     /// enqueues (the policy store, under its state lock) thereby knows the revisions they get,
     /// while durability is still group-committed with everyone else's.
     pub async fn enqueue(&self, records: Vec<Vec<u8>>) -> Result<AppendTicket, LogError> {
+        self.enqueue_inner(records, None).await
+    }
+
+    /// Like [`EventLog::enqueue`], for a replica copying another log: the records must get
+    /// revisions `first..`, or the ticket fails with [`LogError::RevisionMismatch`] and
+    /// nothing is written.
+    pub async fn enqueue_at(
+        &self,
+        first: u64,
+        records: Vec<Vec<u8>>,
+    ) -> Result<AppendTicket, LogError> {
+        self.enqueue_inner(records, Some(first)).await
+    }
+
+    async fn enqueue_inner(
+        &self,
+        records: Vec<Vec<u8>>,
+        at: Option<u64>,
+    ) -> Result<AppendTicket, LogError> {
         if records.is_empty() {
             return Err(LogError::EmptyAppend);
         }
@@ -137,13 +158,34 @@ impl EventLog {
         let (reply, answer) = oneshot::channel();
         self.inner
             .tx
-            .send(Msg::Append(Pending { records, reply }))
+            .send(Msg::Append(Pending { records, reply, at }))
             .await
             .map_err(|_| self.stopped_error())?;
         Ok(AppendTicket {
             answer,
             log: self.clone(),
         })
+    }
+
+    /// Replaces the whole log by `bytes` as the snapshot at `revision`: every record goes,
+    /// the head becomes `revision` (lower or higher than before), and the next append gets
+    /// `revision + 1`. For a replica adopting another log's state, or a new leader moving its
+    /// numbering past anything a previous leader may have handed out. Crash-safe: a restart
+    /// sees the old log or the new one, never a mix. Queued appends before it are committed
+    /// first.
+    pub async fn reset(&self, revision: u64, bytes: Vec<u8>) -> Result<(), LogError> {
+        self.inner.shared.check_poison()?;
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .tx
+            .send(Msg::Reset(writer::Reset {
+                revision,
+                bytes,
+                reply,
+            }))
+            .await
+            .map_err(|_| self.stopped_error())?;
+        answer.await.map_err(|_| self.stopped_error())?
     }
 
     /// Last durable revision (0 when the log has never had an event).

@@ -7,7 +7,10 @@ use std::time::Instant;
 use tracing::info;
 
 use crate::LogError;
-use crate::store::{META_LAST_REVISION, META_SNAPSHOT, Shared, blocking, encode_snapshot};
+use crate::store::{
+    META_LAST_REVISION, META_RESET_PENDING, META_SNAPSHOT, Shared, blocking, delete_all_events,
+    encode_snapshot,
+};
 
 /// Records deleted per sled batch. A batch holds sled's global write lock, so small chunks
 /// keep the group-commit writer from waiting behind a compaction for more than a few ms.
@@ -99,5 +102,96 @@ async fn delete_through(shared: &Arc<Shared>, cutoff: u64) -> Result<u64, LogErr
             return Ok(removed);
         }
         tokio::task::yield_now().await;
+    }
+}
+
+/// The log becomes the snapshot at `revision` and nothing else. Runs on the writer task, so no
+/// append is in flight. The snapshot, the new high-water mark and a reset marker are made
+/// durable in one batch first; a restart that finds the marker finishes the job (drops every
+/// record) before it computes the head, so a crash at any point leaves either the old log or
+/// the new one.
+pub(crate) async fn reset(
+    shared: &Arc<Shared>,
+    revision: u64,
+    bytes: Vec<u8>,
+) -> Result<(), LogError> {
+    let _serial = shared.compaction.lock().await;
+    shared.check_poison()?;
+    let started = Instant::now();
+    let previous_head = shared.head();
+    let mut meta_batch = sled::Batch::default();
+    meta_batch.insert(META_SNAPSHOT, encode_snapshot(revision, &bytes));
+    meta_batch.insert(META_LAST_REVISION, &revision.to_be_bytes()[..]);
+    meta_batch.insert(META_RESET_PENDING, &[1u8][..]);
+    let meta = shared.meta.clone();
+    blocking(move || meta.apply_batch(meta_batch).map_err(LogError::from)).await?;
+    shared.db.flush_async().await?;
+    // Readers see no record from here on: everything up to `revision` is "compacted", and
+    // nothing above it is visible until appended anew.
+    shared.floor.store(revision, Ordering::Release);
+    shared.head.store(revision, Ordering::Release);
+    shared.snapshot_revision.store(revision, Ordering::Release);
+    let shared_for_delete = Arc::clone(shared);
+    let removed = blocking(move || delete_all_events(&shared_for_delete)).await?;
+    let meta = shared.meta.clone();
+    blocking(move || {
+        meta.remove(META_RESET_PENDING)?;
+        Ok(())
+    })
+    .await?;
+    shared.db.flush_async().await?;
+    shared.head_tx.send_replace(revision);
+    info!(
+        revision,
+        previous_head,
+        removed,
+        snapshot_bytes = bytes.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "event log reset to a snapshot"
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::LogConfig;
+    use crate::store::revision_key;
+
+    /// A crash after a reset stored its snapshot but before it removed the old records: the
+    /// next open must finish the reset, not resurrect the old records.
+    #[test]
+    fn an_interrupted_reset_is_finished_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let shared = Shared::open(LogConfig::new(dir.path())).unwrap();
+            for rev in 1..=20u64 {
+                shared
+                    .events
+                    .insert(revision_key(rev), b"old".to_vec())
+                    .unwrap();
+            }
+            // What `reset` makes durable in its first step.
+            shared
+                .meta
+                .insert(META_SNAPSHOT, encode_snapshot(7, b"new state"))
+                .unwrap();
+            shared
+                .meta
+                .insert(META_LAST_REVISION, &7u64.to_be_bytes()[..])
+                .unwrap();
+            shared.meta.insert(META_RESET_PENDING, &[1u8][..]).unwrap();
+            shared.db.flush().unwrap();
+        }
+        let shared = Shared::open(LogConfig::new(dir.path())).unwrap();
+        assert_eq!(shared.head(), 7);
+        assert_eq!(shared.first_retained(), 8);
+        assert_eq!(shared.events.len(), 0);
+        assert!(shared.meta.get(META_RESET_PENDING).unwrap().is_none());
+        assert_eq!(
+            shared.read_snapshot().unwrap(),
+            Some((7, b"new state".to_vec()))
+        );
     }
 }

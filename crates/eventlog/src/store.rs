@@ -16,6 +16,8 @@ pub(crate) const META_TREE: &str = "meta";
 /// Highest revision ever durably assigned, written by compaction before it deletes anything so
 /// revisions are never reused even when the events tree ends up empty.
 pub(crate) const META_LAST_REVISION: &[u8] = b"last_revision";
+/// Present while a `reset` has stored its snapshot but may not have dropped every record yet.
+pub(crate) const META_RESET_PENDING: &[u8] = b"reset_pending";
 /// 8-byte big-endian revision followed by the snapshot bytes; one key so that revision and
 /// payload can never be observed out of sync.
 pub(crate) const META_SNAPSHOT: &[u8] = b"snapshot";
@@ -121,6 +123,13 @@ impl Shared {
         let db = open_db(&path)?;
         let events = db.open_tree(EVENTS_TREE)?;
         let meta = db.open_tree(META_TREE)?;
+        if meta.get(META_RESET_PENDING)?.is_some() {
+            // A reset stored its snapshot and crashed before every old record was gone.
+            let removed = remove_all(&events)?;
+            meta.remove(META_RESET_PENDING)?;
+            db.flush()?;
+            info!(removed, "finished an interrupted reset of the event log");
+        }
 
         let last_event = match events.last()? {
             Some((k, _)) => Some(decode_u64(&k, "event key")?),
@@ -204,6 +213,29 @@ impl Shared {
             None => Ok(0),
         }
     }
+}
+
+/// Drops every record, in chunks (a sled batch holds its global write lock).
+fn remove_all(events: &sled::Tree) -> Result<u64, LogError> {
+    const CHUNK: usize = 4096;
+    let mut removed = 0u64;
+    loop {
+        let mut batch = sled::Batch::default();
+        let mut n = 0usize;
+        for key in events.iter().keys().take(CHUNK) {
+            batch.remove(key?);
+            n += 1;
+        }
+        if n == 0 {
+            return Ok(removed);
+        }
+        events.apply_batch(batch)?;
+        removed += n as u64;
+    }
+}
+
+pub(crate) fn delete_all_events(shared: &Shared) -> Result<u64, LogError> {
+    remove_all(&shared.events)
 }
 
 /// Runs blocking sled work off the async workers: large batches and range scans take long

@@ -19,10 +19,22 @@ pub(crate) type AppendReply = oneshot::Sender<Result<RangeInclusive<u64>, LogErr
 pub(crate) struct Pending {
     pub records: Vec<Vec<u8>>,
     pub reply: AppendReply,
+    /// The revision the first record must get (a replica copying another log); the append
+    /// is refused, and nothing written, when the log would assign another.
+    pub at: Option<u64>,
+}
+
+/// Replaces the whole log by a snapshot at `revision`.
+pub(crate) struct Reset {
+    pub revision: u64,
+    pub bytes: Vec<u8>,
+    pub reply: oneshot::Sender<Result<(), LogError>>,
 }
 
 pub(crate) enum Msg {
     Append(Pending),
+    /// Handled in queue order, between appends, so revisions after it continue from it.
+    Reset(Reset),
     /// Stop accepting appends, commit what is already queued, flush, exit.
     Close,
 }
@@ -38,19 +50,30 @@ pub(crate) async fn run(
 ) {
     let max = shared.config.max_batch_records;
     let mut next = shared.head().saturating_add(1);
-    let mut carry: Option<Pending> = None;
+    let mut carry: Option<Msg> = None;
     loop {
-        let first = match carry.take() {
-            Some(p) => p,
+        let msg = match carry.take() {
+            Some(m) => m,
             None => match rx.recv().await {
-                Some(Msg::Append(p)) => p,
-                Some(Msg::Close) => {
-                    // Already-queued appends are still delivered by recv(); new sends fail.
-                    rx.close();
-                    continue;
-                }
+                Some(m) => m,
                 None => break,
             },
+        };
+        let first = match msg {
+            Msg::Append(p) => p,
+            Msg::Reset(reset) => {
+                let result = crate::snapshot::reset(&shared, reset.revision, reset.bytes).await;
+                if result.is_ok() {
+                    next = reset.revision.saturating_add(1);
+                }
+                let _ = reset.reply.send(result);
+                continue;
+            }
+            Msg::Close => {
+                // Already-queued appends are still delivered by recv(); new sends fail.
+                rx.close();
+                continue;
+            }
         };
         let mut records = first.records.len();
         let mut group = vec![first];
@@ -58,17 +81,22 @@ pub(crate) async fn run(
             match rx.try_recv() {
                 Ok(Msg::Append(p)) => {
                     if records + p.records.len() > max {
-                        carry = Some(p);
+                        carry = Some(Msg::Append(p));
                         break;
                     }
                     records += p.records.len();
                     group.push(p);
                 }
+                // A reset is a barrier: what was queued before it is committed first.
+                Ok(reset @ Msg::Reset(_)) => {
+                    carry = Some(reset);
+                    break;
+                }
                 Ok(Msg::Close) => rx.close(),
                 Err(_) => break,
             }
         }
-        commit(&shared, &mut next, group, records).await;
+        commit(&shared, &mut next, group).await;
     }
 
     if shared.poison.get().is_none()
@@ -83,7 +111,7 @@ pub(crate) async fn run(
     stopped.send_replace(true);
 }
 
-async fn commit(shared: &Arc<Shared>, next: &mut u64, group: Vec<Pending>, records: usize) {
+async fn commit(shared: &Arc<Shared>, next: &mut u64, group: Vec<Pending>) {
     if let Err(e) = shared.check_poison() {
         let reason = e.to_string();
         for p in group {
@@ -94,29 +122,44 @@ async fn commit(shared: &Arc<Shared>, next: &mut u64, group: Vec<Pending>, recor
         return;
     }
     let first_rev = *next;
-    let Some(end) = first_rev.checked_add(records as u64) else {
-        fail(
-            shared,
-            group,
-            LogError::Corrupt {
-                detail: "revision space exhausted".to_owned(),
-            },
-        );
-        return;
-    };
-    let last_rev = end - 1;
-
     let mut batch = sled::Batch::default();
     let mut answers = Vec::with_capacity(group.len());
     let mut rev = first_rev;
+    let mut records = 0usize;
     for p in group {
+        if let Some(at) = p.at
+            && at != rev
+        {
+            let _ = p.reply.send(Err(LogError::RevisionMismatch {
+                requested: at,
+                next: rev,
+            }));
+            continue;
+        }
+        let Some(end) = rev.checked_add(p.records.len() as u64) else {
+            fail(
+                shared,
+                vec![p],
+                LogError::Corrupt {
+                    detail: "revision space exhausted".to_owned(),
+                },
+            );
+            return;
+        };
         let start = rev;
+        records += p.records.len();
         for record in p.records {
             batch.insert(&revision_key(rev)[..], record);
             rev += 1;
         }
+        debug_assert_eq!(rev, end);
         answers.push((p.reply, start..=rev - 1));
     }
+    if answers.is_empty() {
+        return;
+    }
+    let end = rev;
+    let last_rev = end - 1;
 
     let events = shared.events.clone();
     let result = match blocking(move || events.apply_batch(batch).map_err(LogError::from)).await {

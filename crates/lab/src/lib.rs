@@ -1,23 +1,34 @@
 //! The dnsfence lab: the whole system on one machine, in network namespaces.
 //!
-//! [`Lab::up`] builds the world ([`topology`]): a node namespace between two pods and an
-//! "internet" namespace (the authority and web servers), starts the store (root namespace,
-//! Unix socket), two gateway replicas and the enforcer (node namespace, entered with
-//! `nsenter --net`, which keeps bpffs visible), registers the pods, applies the seed
-//! manifests verbatim and runs attempts from inside the pods ([`probe`]). Everything it
-//! creates is recorded in a state file in the lab directory before it is created, so
-//! [`Lab::down`] removes it all, also after a crash or a half-finished `up`.
+//! [`Lab::up`] builds the world ([`topology`]): a node namespace between labelled pods and
+//! an "internet" namespace (the authority and web servers), starts the store (root
+//! namespace, Unix socket), two gateway replicas sharing the cluster DNS address and the
+//! enforcer (node namespace, entered with `nsenter --net`, which keeps bpffs visible)
+//! ([`world`]), registers the pods, applies the seed manifests verbatim and runs attempts
+//! from inside the pods ([`probe`]). Everything it creates is recorded in a state file in
+//! the lab directory before it is created, so [`Lab::down`] removes it all, also after a
+//! crash or a half-finished `up`. The enforcer's end-to-end tests run their worlds with the
+//! same code ([`Lab::start`] with their own [`Spec`]).
 
 pub mod probe;
+pub mod process;
 pub mod serve;
 pub mod topology;
+pub mod wait;
+pub mod world;
 
+pub use process::ProcessRecord;
 pub use topology::write_zones;
+pub use wait::{http_get, metric_value, wait_until};
+pub use world::{ENFORCER_METRICS, GW1_GRPC, NODE_NAME, Spec, World, gateway_metrics};
+
+/// The store's HTTP endpoint (/metrics) in `dnsfence lab up`: the store runs in the root
+/// namespace, so this is reachable from the host.
+pub const STORE_METRICS: &str = "127.0.0.1:9155";
 
 use std::{
     fs::File,
-    io::{Read, Write},
-    net::{SocketAddr, TcpStream},
+    io::Write,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     thread,
@@ -26,25 +37,16 @@ use std::{
 
 use anyhow::{Context, bail};
 use hickory_proto::rr::RecordType;
-use nix::{
-    sys::signal::{Signal, kill},
-    unistd::Pid,
-};
 use serde::{Deserialize, Serialize};
 
 use crate::{
     probe::{Attempt, Outcome},
-    topology::{AUTHORITY, AUTHORITY_V6, GITHUB, GW1_DNS, GW2_DNS, NPMJS, Topology, in_ns, sa},
+    process::{pid_alive, processes_in_netns, processes_mentioning, running, stop_pid},
+    topology::{CLUSTER_DNS, NPMJS, Topology, sa},
 };
 
 /// The namespace prefix of the lab (`dflab-node`, `dflab-nginx`, ...).
 pub const DEFAULT_PREFIX: &str = "dflab";
-/// The node the lab's pods run on.
-pub const NODE_NAME: &str = "node-1";
-pub const ENFORCER_METRICS: &str = "127.0.0.1:9154";
-pub const GW1_GRPC: &str = "127.0.0.1:50052";
-pub const GW1_METRICS: &str = "127.0.0.1:9153";
-pub const GW2_METRICS: &str = "127.0.0.1:9163";
 const PATIENCE: Duration = Duration::from_secs(60);
 
 /// How to build a lab.
@@ -58,17 +60,6 @@ pub struct Config {
     pub seed_dir: PathBuf,
     /// Namespace prefix.
     pub prefix: String,
-}
-
-/// A process the lab started.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ProcessRecord {
-    pub name: String,
-    pub pid: i32,
-    /// The namespace it runs in (`None`: the root namespace).
-    pub netns: Option<String>,
-    /// The program's file name (to recognise the pid).
-    pub program: String,
 }
 
 /// What a lab created, written before each thing is created.
@@ -112,165 +103,14 @@ pub fn pin_dir(prefix: &str) -> PathBuf {
     PathBuf::from(format!("/sys/fs/bpf/dnsfence-lab-{prefix}"))
 }
 
-fn progress(step: &str) -> Instant {
+pub(crate) fn progress(step: &str) -> Instant {
     print!("==> {step} ... ");
     let _ = std::io::stdout().flush();
     Instant::now()
 }
 
-fn done(started: Instant) {
+pub(crate) fn done(started: Instant) {
     println!("done ({:.1}s)", started.elapsed().as_secs_f64());
-}
-
-/// True while `pid` runs (not a zombie) and its program is `program`.
-fn pid_alive(pid: i32, program: &str) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    // state is the field after the ")" that closes the command name
-    let zombie = stat
-        .rsplit_once(')')
-        .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
-    if zombie {
-        return false;
-    }
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    // While nsenter execs the program, /proc/PID/cmdline reads empty for a moment: the
-    // process is there, just between two programs.
-    if cmdline.is_empty() {
-        return true;
-    }
-    let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or_default();
-    let argv0 = String::from_utf8_lossy(argv0);
-    Path::new(argv0.as_ref())
-        .file_name()
-        // `nsenter` until it has exec'd the program
-        .is_some_and(|n| n.to_string_lossy() == program || n == "nsenter")
-}
-
-/// The programs `up` starts (besides `dnsfence lab serve-http`).
-const LAB_PROGRAMS: [&str; 5] = [
-    "dnsfence-policy-store",
-    "dnsfence-resolver-gateway",
-    "dnsfence-node-enforcer",
-    "dnsfence-test-authority",
-    "nsenter",
-];
-
-/// Lab programs whose command line mentions `needle` (the lab directory), except this one.
-fn processes_mentioning(needle: &str) -> Vec<i32> {
-    let me = std::process::id() as i32;
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| *pid != me)
-        .filter(|pid| {
-            let Ok(c) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-                return false;
-            };
-            let argv: Vec<String> = c
-                .split(|b| *b == 0)
-                .map(|a| String::from_utf8_lossy(a).to_string())
-                .collect();
-            let program = argv
-                .first()
-                .and_then(|a| Path::new(a).file_name())
-                .map(|n| n.to_string_lossy().to_string())
-                .unwrap_or_default();
-            // only the lab's own programs: never a user's `tail -f` of a log
-            let ours = LAB_PROGRAMS.contains(&program.as_str())
-                || (program == "dnsfence" && argv.iter().any(|a| a == "serve-http"));
-            ours && argv.iter().any(|a| a.contains(needle))
-        })
-        .collect()
-}
-
-/// True while `pid` exists and is not a zombie.
-fn running(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        !stat
-            .rsplit_once(')')
-            .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
-    })
-}
-
-/// The processes whose network namespace is the named one (`/run/netns/NAME`).
-fn processes_in_netns(ns: &str) -> Vec<i32> {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(want) = std::fs::metadata(Path::new("/run/netns").join(ns)) else {
-        return Vec::new();
-    };
-    let me = std::process::id() as i32;
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| *pid != me && running(*pid))
-        .filter(|pid| {
-            std::fs::metadata(format!("/proc/{pid}/ns/net"))
-                .is_ok_and(|m| m.dev() == want.dev() && m.ino() == want.ino())
-        })
-        .collect()
-}
-
-fn stop_pid(pid: i32, alive: impl Fn() -> bool) {
-    let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while Instant::now() < deadline && alive() {
-        thread::sleep(Duration::from_millis(50));
-    }
-    if alive() {
-        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-    }
-}
-
-/// GET from inside `ns`; (status, body).
-pub fn http_get(ns: &str, addr: &str, path: &str) -> Option<(u16, String)> {
-    let addr: SocketAddr = addr.parse().ok()?;
-    let path = path.to_string();
-    in_ns(ns, move || {
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-        )
-        .ok()?;
-        let mut text = String::new();
-        s.read_to_string(&mut text).ok()?;
-        let code = text.split(' ').nth(1)?.parse().ok()?;
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
-        Some((code, body))
-    })
-    .ok()
-    .flatten()
-}
-
-/// The value of the first sample whose line starts with `prefix`.
-pub fn metric_value(text: &str, prefix: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
-/// Polls `f` every 50 ms until it holds or `timeout` passes.
-pub fn wait_until(
-    what: &str,
-    timeout: Duration,
-    mut f: impl FnMut() -> bool,
-) -> anyhow::Result<()> {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if f() {
-            return Ok(());
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-    bail!("timed out after {timeout:?} waiting until {what}")
 }
 
 /// The seed NodeClass: (networkPolicy, networkPolicyEventLogs == Enabled).
@@ -333,9 +173,10 @@ pub fn standard_attempts(topology: &Topology) -> Vec<Attempt> {
     add("default/nginx", NPMJS, 443, A);
     add("default/plain", "npmjs.com", 443, A);
     add("default/plain", "github.com", 80, A);
-    add("default/plain", "static.cdn.example", 443, A);
-    add("default/plain", "www.cdn.example", 443, A);
-    add("default/plain", "v6only.cdn.example", 443, AAAA);
+    add("default/web", "static.cdn.example", 443, A);
+    add("default/web", "www.cdn.example", 443, A);
+    add("default/web", "v6only.cdn.example", 443, AAAA);
+    add("shop/nginx", "npmjs.com", 443, A);
     v
 }
 
@@ -343,7 +184,7 @@ pub fn standard_attempts(topology: &Topology) -> Vec<Attempt> {
 pub fn run_attempts(attempts: &[Attempt]) -> anyhow::Result<Vec<(Attempt, Outcome)>> {
     attempts
         .iter()
-        .map(|a| Ok((a.clone(), probe::attempt(a, sa(GW1_DNS, 53))?)))
+        .map(|a| Ok((a.clone(), probe::attempt(a, sa(CLUSTER_DNS, 53))?)))
         .collect()
 }
 
@@ -378,7 +219,7 @@ impl Lab {
         serde_json::from_str(&text).ok()
     }
 
-    fn write_state(&self, state: &State) -> anyhow::Result<()> {
+    pub(crate) fn write_state(&self, state: &State) -> anyhow::Result<()> {
         let tmp = self.dir.join("state.json.tmp");
         std::fs::write(&tmp, serde_json::to_vec_pretty(state)?)?;
         std::fs::rename(&tmp, self.state_path())?;
@@ -471,13 +312,14 @@ impl Lab {
     /// Starts a process (inside `netns` with `nsenter --net`), its output appended to
     /// `logs/<name>.log`, in its own process group (so a Ctrl-C of `up` leaves it running);
     /// records it in the state file.
-    fn spawn(
+    pub(crate) fn spawn(
         &self,
         state: &mut State,
         name: &str,
         netns: Option<&str>,
         program: &Path,
         args: &[String],
+        env: &[(String, String)],
     ) -> anyhow::Result<i32> {
         use std::os::unix::process::CommandExt;
         if !program.exists() {
@@ -494,6 +336,7 @@ impl Lab {
             .open(self.log_dir().join(format!("{name}.log")))?;
         cmd.args(args)
             .env("RUST_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))
@@ -517,7 +360,12 @@ impl Lab {
 
     /// Waits like [`wait_until`], failing at once (with the log's last lines) when a process
     /// of the lab has died.
-    fn wait(&self, state: &State, what: &str, mut f: impl FnMut() -> bool) -> anyhow::Result<()> {
+    pub(crate) fn wait(
+        &self,
+        state: &State,
+        what: &str,
+        mut f: impl FnMut() -> bool,
+    ) -> anyhow::Result<()> {
         let deadline = Instant::now() + PATIENCE;
         while Instant::now() < deadline {
             if f() {
@@ -564,15 +412,23 @@ impl Lab {
         Ok(String::from_utf8_lossy(&out.stdout).to_string())
     }
 
-    /// Builds the world, starts the services, applies the seed and prints the verdict table.
-    /// Already up (everything alive): says so and shows the table again. Half up or crashed:
-    /// removes the remains first.
+    /// Builds the world, starts the services, applies the seed and returns the attempts with
+    /// their verdicts. Already up (everything alive): says so and runs the attempts again.
+    /// Half up or crashed: removes the remains first.
     pub fn up(&self, config: &Config) -> anyhow::Result<Vec<(Attempt, Outcome)>> {
         if !nix::unistd::geteuid().is_root() {
             bail!("the lab needs root (network namespaces, BPF): run it with sudo");
         }
         std::fs::create_dir_all(&self.dir)?;
-        let topology = Topology::plan(&config.prefix, topology::standard_pods(&config.prefix));
+        let mut spec = Spec::standard(&config.prefix, &config.seed_dir)?;
+        spec.store_args = vec!["--metrics-listen".into(), STORE_METRICS.into()];
+        // The lab is for looking: with trace export on, every query is traced unless the
+        // caller chose a sampler (the services' default samples 1% of new traces).
+        if std::env::var_os("OTEL_TRACES_SAMPLER").is_none() {
+            spec.env
+                .push(("OTEL_TRACES_SAMPLER".into(), "parentbased_always_on".into()));
+        }
+        let topology = Topology::plan(&config.prefix, spec.pods.clone());
         let status = self.status();
         if status.healthy() {
             println!(
@@ -587,231 +443,9 @@ impl Lab {
                 println!("    {line}");
             }
         }
-        // start from a clean directory (keeps nothing of an earlier run but the logs' folder)
-        for sub in ["store", "zones", "logs"] {
-            let _ = std::fs::remove_dir_all(self.dir.join(sub));
-        }
-        let _ = std::fs::remove_file(self.dir.join("enforcer.state"));
-        let dir = std::fs::canonicalize(&self.dir)?;
-        let lab = Lab::new(&dir);
-        let bins = &config.bin_dir;
-        let mut state = State {
-            prefix: config.prefix.clone(),
-            namespaces: topology.namespaces(),
-            pin_dir: pin_dir(&config.prefix),
-            processes: Vec::new(),
-            complete: false,
-        };
-        lab.write_state(&state)?;
-        let (default, event_logs) = node_class(&config.seed_dir);
-        let policies = seed_policies(&config.seed_dir)?;
-
-        let t = progress("creating namespaces (node, pods nginx and plain, internet)");
-        topology.create()?;
-        done(t);
-
-        let t = progress("starting the internet: DNS authority and web servers on 443/80");
-        let zones = write_zones(&dir.join("zones"))?;
-        let zone_list: Vec<String> = zones.iter().map(|p| p.display().to_string()).collect();
-        lab.spawn(
-            &mut state,
-            "authority",
-            Some(&topology.inet),
-            &bins.join("dnsfence-test-authority"),
-            &[
-                "--listen".into(),
-                format!("{AUTHORITY}:53"),
-                "--zone-file".into(),
-                zone_list.join(","),
-            ],
-        )?;
-        lab.spawn(
-            &mut state,
-            "authority-v6",
-            Some(&topology.inet),
-            &bins.join("dnsfence-test-authority"),
-            &[
-                "--listen".into(),
-                format!("[{AUTHORITY_V6}]:53"),
-                "--zone-file".into(),
-                zone_list.join(","),
-            ],
-        )?;
-        lab.spawn(
-            &mut state,
-            "web",
-            Some(&topology.inet),
-            &bins.join("dnsfence"),
-            &[
-                "lab".into(),
-                "serve-http".into(),
-                "--lab-dir".into(),
-                format!("{}/", dir.display()),
-                "0.0.0.0:443".into(),
-                "0.0.0.0:80".into(),
-                "[::]:443".into(),
-                "[::]:80".into(),
-            ],
-        )?;
-        let inet = topology.inet.clone();
-        lab.wait(&state, "the web servers listen", || {
-            let inet = inet.clone();
-            in_ns(&inet, || {
-                TcpStream::connect_timeout(&sa(GITHUB, 443), Duration::from_millis(200)).is_ok()
-            })
-            .unwrap_or(false)
-        })?;
-        done(t);
-
-        let t = progress("starting the policy store (Unix socket)");
-        lab.spawn(
-            &mut state,
-            "store",
-            None,
-            &bins.join("dnsfence-policy-store"),
-            &[
-                "--data-dir".into(),
-                dir.join("store").display().to_string(),
-                "--listen".into(),
-                String::new(),
-                "--unix-socket".into(),
-                lab.store_socket().display().to_string(),
-            ],
-        )?;
-        lab.wait(&state, "the store answers", || {
-            lab.cli(bins, &["get", "policies"]).is_ok()
-        })?;
-        done(t);
-
-        let t = progress("registering the pods");
-        for pod in &topology.pods {
-            let mut args = vec!["workload", "add", &pod.workload, "--ip", &pod.v4];
-            if let Some(v6) = &pod.v6 {
-                args.extend(["--ip", v6]);
-            }
-            for l in &pod.labels {
-                args.extend(["-l", l]);
-            }
-            args.extend(["--node", NODE_NAME]);
-            lab.cli(bins, &args)?;
-        }
-        // CoreDNS lives on another node: allow-dns compiles to a CIDR rule for it
-        lab.cli(
-            bins,
-            &[
-                "workload",
-                "add",
-                "kube-system/coredns",
-                "--ip",
-                "192.0.2.53",
-                "-l",
-                "k8s-app=kube-dns",
-                "--node",
-                "node-2",
-            ],
-        )?;
-        done(t);
-
-        let names: Vec<String> = policies
-            .iter()
-            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().to_string()))
-            .collect();
-        let t = progress(&format!(
-            "applying the seed ({}; node default {default} from my-nodeclass.yaml)",
-            names.join(", ")
-        ));
-        let mut args: Vec<String> = vec!["apply".into()];
-        for p in &policies {
-            args.extend(["-f".into(), p.display().to_string()]);
-        }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        lab.cli(bins, &args)?;
-        done(t);
-
-        let t = progress("starting two resolver-gateway replicas in the node namespace");
-        for i in 0..2 {
-            let (dns, metrics, grpc) = match i {
-                0 => (GW1_DNS, GW1_METRICS, GW1_GRPC.to_string()),
-                _ => (
-                    GW2_DNS,
-                    GW2_METRICS,
-                    format!("unix://{}", dir.join("gw2.sock").display()),
-                ),
-            };
-            lab.spawn(
-                &mut state,
-                &format!("gateway-{}", i + 1),
-                Some(&topology.node),
-                &bins.join("dnsfence-resolver-gateway"),
-                &[
-                    "--dns-listen".into(),
-                    format!("{dns}:53"),
-                    "--grpc-listen".into(),
-                    grpc,
-                    "--metrics-listen".into(),
-                    metrics.into(),
-                    "--store".into(),
-                    lab.store_url(),
-                    "--upstream".into(),
-                    format!("{AUTHORITY}:53"),
-                    "--default-policy".into(),
-                    default.clone(),
-                ],
-            )?;
-        }
-        for m in [GW1_METRICS, GW2_METRICS] {
-            lab.wait(&state, &format!("the gateway at {m} is ready"), || {
-                http_get(&topology.node, m, "/readyz").is_some_and(|(c, _)| c == 200)
-            })?;
-        }
-        done(t);
-
-        let t = progress("starting the node-enforcer (eBPF on the pods' veths)");
-        let mut args = vec![
-            "--node-name".to_string(),
-            NODE_NAME.into(),
-            "--store".into(),
-            lab.store_url(),
-            "--gateways".into(),
-            format!(
-                "http://{GW1_GRPC},unix://{}",
-                dir.join("gw2.sock").display()
-            ),
-            "--gateway-ips".into(),
-            format!("{GW1_DNS},{GW2_DNS}"),
-            "--pin-dir".into(),
-            state.pin_dir.display().to_string(),
-            "--state-file".into(),
-            dir.join("enforcer.state").display().to_string(),
-            "--default-policy".into(),
-            default.clone(),
-            "--metrics-listen".into(),
-            ENFORCER_METRICS.into(),
-        ];
-        if event_logs {
-            args.push("--event-logs".into());
-        }
-        lab.spawn(
-            &mut state,
-            "enforcer",
-            Some(&topology.node),
-            &bins.join("dnsfence-node-enforcer"),
-            &args,
-        )?;
-        lab.wait(&state, "the enforcer is ready", || {
-            http_get(&topology.node, ENFORCER_METRICS, "/readyz").is_some_and(|(c, _)| c == 200)
-        })?;
-        lab.wait(&state, "the enforcer subscribed to both gateways", || {
-            http_get(&topology.node, ENFORCER_METRICS, "/metrics")
-                .and_then(|(_, body)| metric_value(&body, "dnsfence_enforcer_gateway_connections"))
-                .is_some_and(|v| v as usize == 2)
-        })?;
-        done(t);
-
-        state.complete = true;
-        lab.write_state(&state)?;
+        let world = self.start(&spec, &config.bin_dir)?;
         let t = progress("trying names and addresses from inside the pods");
-        let rows = run_attempts(&standard_attempts(&topology))?;
+        let rows = run_attempts(&standard_attempts(&world.topology))?;
         done(t);
         Ok(rows)
     }

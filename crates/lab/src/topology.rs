@@ -14,9 +14,11 @@ use std::{
 use anyhow::{Context, bail};
 use nix::sched::{CloneFlags, setns};
 
-/// The gateways' DNS addresses on the node (the pods' resolver): replica 1 and 2.
-pub const GW1_DNS: &str = "192.0.2.1";
-pub const GW2_DNS: &str = "192.0.2.2";
+/// The cluster's DNS address (the "kube-dns" Service in kube-system), on the node: every
+/// gateway replica serves it (SO_REUSEPORT), and it is the pods' resolver.
+pub const CLUSTER_DNS: &str = "192.0.2.53";
+/// The cluster domain, served by the authority as CoreDNS would (for the search list).
+pub const CLUSTER_DOMAIN: &str = "cluster.local";
 /// The authority in the internet namespace (the gateways' upstream).
 pub const AUTHORITY: &str = "203.0.113.53";
 pub const AUTHORITY_V6: &str = "2001:db8:2::53";
@@ -56,26 +58,36 @@ pub struct Topology {
     pub pods: Vec<PodNet>,
 }
 
-/// The standard pods: `default/nginx` (run=nginx) and `default/plain` (no labels).
+/// The standard pods, all on the lab's one node:
+/// - `default/nginx` (run=nginx): the seed's policies select it;
+/// - `default/plain` (no labels) and `default/web` (app=web): in the same namespace, not
+///   selected: the node default applies;
+/// - `shop/nginx` (run=nginx) in another namespace: the seed's namespaced policy does not
+///   reach it.
 pub fn standard_pods(prefix: &str) -> Vec<PodNet> {
+    let pod = |workload: &str, short: &str, labels: &[&str], last: u8| PodNet {
+        workload: workload.into(),
+        labels: labels.iter().map(|l| l.to_string()).collect(),
+        netns: format!("{prefix}-{short}"),
+        veth: format!("v{short}"),
+        v4: format!("192.0.2.{last}"),
+        v6: Some(format!("2001:db8:1::{last}")),
+    };
     vec![
-        PodNet {
-            workload: "default/nginx".into(),
-            labels: vec!["run=nginx".into()],
-            netns: format!("{prefix}-nginx"),
-            veth: "vnginx".into(),
-            v4: "192.0.2.10".into(),
-            v6: Some("2001:db8:1::10".into()),
-        },
-        PodNet {
-            workload: "default/plain".into(),
-            labels: vec![],
-            netns: format!("{prefix}-plain"),
-            veth: "vplain".into(),
-            v4: "192.0.2.12".into(),
-            v6: Some("2001:db8:1::12".into()),
-        },
+        pod("default/nginx", "nginx", &["run=nginx"], 10),
+        pod("default/plain", "plain", &[], 12),
+        pod("default/web", "web", &["app=web", "tier=frontend"], 16),
+        pod("shop/nginx", "shop-nginx", &["run=nginx"], 18),
     ]
+}
+
+/// A pod's resolv.conf as the kubelet writes it (ClusterFirst): the cluster DNS address,
+/// the pod namespace's search list, ndots:5.
+pub fn resolv_conf(pod: &PodNet) -> String {
+    let namespace = pod.workload.split('/').next().unwrap_or("default");
+    format!(
+        "nameserver {CLUSTER_DNS}\nsearch {namespace}.svc.{CLUSTER_DOMAIN} svc.{CLUSTER_DOMAIN} {CLUSTER_DOMAIN}\noptions ndots:5\n"
+    )
 }
 
 /// Runs a command; fails with its stderr.
@@ -177,19 +189,17 @@ impl Topology {
                 "net.ipv4.conf.default.rp_filter=0".into(),
             ],
         )?;
-        // the gateways' DNS addresses: what pods use as their resolver
-        for a in [GW1_DNS, GW2_DNS] {
-            run(&[
-                "ip",
-                "-n",
-                node,
-                "addr",
-                "add",
-                &format!("{a}/32"),
-                "dev",
-                "lo",
-            ])?;
-        }
+        // the cluster DNS address: what pods use as their resolver
+        run(&[
+            "ip",
+            "-n",
+            node,
+            "addr",
+            "add",
+            &format!("{CLUSTER_DNS}/32"),
+            "dev",
+            "lo",
+        ])?;
         run(&[
             "ip", "-n", node, "link", "add", "vinet", "type", "veth", "peer", "name", "eth0",
             "netns", inet,
@@ -483,6 +493,14 @@ pub fn write_zones(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
             format!("$ORIGIN npmjs.org.\n$TTL 300\nregistry IN A {REGISTRY_NPMJS}\n"),
         ),
         ("cdn.example", cdn),
+        // what CoreDNS answers for the cluster domain: names of the pods' search list that
+        // are not Services get NXDOMAIN
+        (
+            CLUSTER_DOMAIN,
+            format!(
+                "$ORIGIN {CLUSTER_DOMAIN}.\n$TTL 30\nkube-dns.kube-system.svc IN A {CLUSTER_DNS}\n"
+            ),
+        ),
     ];
     let mut paths = Vec::new();
     for (name, text) in zones {

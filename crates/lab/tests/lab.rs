@@ -187,6 +187,13 @@ fn up_shows_the_verdicts_and_down_leaves_nothing() {
     assert_eq!(why, "dropped by the datapath");
     let (_, connected, _) = row(&out, "default/plain", "npmjs.com", 443);
     assert_eq!(connected, "yes", "the unlabelled pod under DefaultAllow");
+    let (_, connected, _) = row(&out, "shop/nginx", "npmjs.com", 443);
+    assert_eq!(
+        connected, "yes",
+        "run=nginx in another namespace: the seed's namespaced policy does not select it"
+    );
+    let (_, connected, _) = row(&out, "default/web", "www.cdn.example", 443);
+    assert_eq!(connected, "yes", "a CNAME chain to a many-address name");
 
     // up twice: already up, same verdicts
     let again = lab(&bins, dir, &["up"]);
@@ -195,13 +202,48 @@ fn up_shows_the_verdicts_and_down_leaves_nothing() {
     let status = lab(&bins, dir, &["status"]);
     assert!(status.contains("(up)"), "{status}");
 
-    // exec runs inside the pod
+    // exec runs inside the pod, with the pod's resolv.conf: the cluster DNS address (both
+    // gateway replicas) and its namespace's search list, which the host's resolver library
+    // walks (github.com.default.svc.cluster.local ... NXDOMAIN, then github.com)
     let addr = lab(&bins, dir, &["exec", "nginx", "--", "ip", "-br", "addr"]);
     assert!(addr.contains("192.0.2.10/32"), "{addr}");
+    let resolv = lab(
+        &bins,
+        dir,
+        &["exec", "shop/nginx", "--", "cat", "/etc/resolv.conf"],
+    );
+    assert!(resolv.contains("nameserver 192.0.2.53"), "{resolv}");
+    assert!(resolv.contains("search shop.svc.cluster.local"), "{resolv}");
+    let hosts = lab(
+        &bins,
+        dir,
+        &["exec", "nginx", "--", "getent", "ahostsv4", "github.com"],
+    );
+    assert!(hosts.contains("203.0.113.10"), "{hosts}");
+    let denied = Command::new(bins.join("dnsfence"))
+        .args(["lab", "exec", "--dir", &dir.display().to_string()])
+        .args([
+            "--prefix",
+            PREFIX,
+            "nginx",
+            "--",
+            "getent",
+            "ahostsv4",
+            "npmjs.com",
+        ])
+        .output()
+        .unwrap();
+    assert!(!denied.status.success(), "npmjs.com resolves for nginx");
+    assert!(
+        !std::fs::read_to_string("/etc/resolv.conf")
+            .unwrap_or_default()
+            .contains("192.0.2.53"),
+        "the host's resolv.conf was changed"
+    );
     // the flow log is in the enforcer's log
     let logs = lab(&bins, dir, &["logs", "enforcer"]);
     assert!(
-        logs.contains("\"verdict\":\"drop\""),
+        logs.contains("\"kind\":\"flow\"") && logs.contains("\"verdict\":\"deny\""),
         "no flow log drop line"
     );
 

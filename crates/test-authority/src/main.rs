@@ -39,7 +39,8 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    dnsfence_telemetry::init(args.log_format)?;
+    // The authority stands in for the internet: it exports no traces of its own.
+    let _telemetry = dnsfence_telemetry::init(args.log_format)?;
     let mut zones = Vec::new();
     for path in &args.zone_files {
         let zone = Zone::from_master_file(path)?;

@@ -115,6 +115,11 @@ pub struct Config {
     #[arg(long, env = "DNSFENCE_EVENT_LOGS")]
     pub event_logs: bool,
 
+    /// Flow-log lines written per second at most (0: no limit); the rest are counted in
+    /// dnsfence_enforcer_flow_log_lines_dropped_total.
+    #[arg(long, env = "DNSFENCE_EVENT_LOG_RATE", default_value_t = 100)]
+    pub event_log_rate: u32,
+
     /// HTTP address of /metrics (Prometheus text), /readyz and /healthz. Empty: none.
     #[arg(
         long,

@@ -1,102 +1,137 @@
 //! Flow logs: the ring buffer's drop and audit records as one JSON line each on stdout
-//! (`--event-logs`, the EKS `networkPolicyEventLogs: Enabled`). The program already
-//! rate-limits records per pod; a reader thread blocks on the ring buffer.
+//! (`--event-logs`, the EKS `networkPolicyEventLogs: Enabled`), in the schema the gateway's
+//! DNS decision log uses ([`dnsfence_telemetry::jsonlog`]), so one `jq` filter reads both.
+//!
+//! The program already rate-limits records per pod; the reader writes at most
+//! `--event-log-rate` lines a second on top and counts the rest
+//! (`dnsfence_enforcer_flow_log_lines_dropped_total`). A reader thread blocks on the ring
+//! buffer.
 
 use std::{
-    io::Write,
     net::IpAddr,
     sync::{
         Arc, RwLock,
         atomic::{AtomicBool, Ordering},
     },
     thread::JoinHandle,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime},
 };
 
-use crate::{
-    Direction, EventReader, FlowEvent, Verdict, clock, metrics::Metrics, node::Directory,
-    types::Protocol,
+use dnsfence_policy::{
+    allowlist::{Cause, Destination},
+    ports::Protocol,
 };
+use dnsfence_telemetry::jsonlog::{LineLog, LogLine, rfc3339};
 
-/// One flow-log line for `event`, naming the pod and its allowlist through `directory`.
-pub fn format_event(
+use crate::{Direction, EventReader, FlowEvent, Verdict, clock, node::Directory};
+
+/// The IANA protocol number's name, as the decision log writes it.
+fn protocol_name(number: u8) -> &'static str {
+    match number {
+        1 => "ICMP",
+        6 => "TCP",
+        17 => "UDP",
+        58 => "ICMPv6",
+        132 => "SCTP",
+        _ => "other",
+    }
+}
+
+/// (policy, rule) behind the verdict on `peer:port` for the pod's allowlist: the rule that
+/// matched, or the policies that isolate the pod when none allowed it.
+fn cause(
+    directory: &Directory,
+    event: &FlowEvent,
+    peer: IpAddr,
+    port: u16,
+) -> (Option<String>, Option<String>) {
+    let Some(allowlist) = directory.allowlists.get(&event.policy_id) else {
+        return (None, None);
+    };
+    let protocol = match event.proto {
+        6 => Some(Protocol::Tcp),
+        17 => Some(Protocol::Udp),
+        132 => Some(Protocol::Sctp),
+        _ => None,
+    };
+    let decision = allowlist.decide(
+        Destination::Address(peer),
+        protocol.map(|p| (p, port)),
+        directory.default,
+    );
+    match decision.cause {
+        Cause::Rule { origin, .. } => (
+            Some(origin.policy.to_string()),
+            Some(format!("egress[{}]", origin.rule_index)),
+        ),
+        Cause::Isolation { by } => (
+            Some(
+                by.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ),
+            None,
+        ),
+        Cause::Default(_) => (None, None),
+    }
+}
+
+/// The flow-log line for `event`, naming the pod, its allowlist and the policy behind the
+/// verdict through `directory`.
+pub fn flow_line(
     event: &FlowEvent,
     directory: &Directory,
     now_boot_ns: u64,
     now: SystemTime,
-) -> String {
+) -> LogLine {
     let age = Duration::from_nanos(now_boot_ns.saturating_sub(event.boot_ns));
     let time = now.checked_sub(age).unwrap_or(now);
     let workload = directory.pods.get(&event.pod);
-    let (pod, namespace) = match workload {
-        Some(k) => (k.to_string(), k.namespace.clone()),
-        None => (String::new(), String::new()),
+    // From the packet's point of view: egress goes pod → peer, ingress peer → pod.
+    let (src, dst, port) = match event.direction {
+        Direction::Egress => (event.pod, event.peer, event.peer_port),
+        Direction::Ingress => (event.peer, event.pod, event.pod_port),
     };
-    let policy = directory
-        .policies
-        .get(&event.policy_id)
-        .map(|id| id.0.clone())
-        .unwrap_or_default();
-    let (destination, port) = match event.direction {
-        Direction::Egress => (event.peer, event.peer_port),
-        Direction::Ingress => (event.pod, event.pod_port),
+    let (policy, rule) = match event.direction {
+        Direction::Egress => cause(directory, event, event.peer, event.peer_port),
+        Direction::Ingress => (None, None),
     };
-    let value = serde_json::json!({
-        "time": rfc3339(time),
-        "pod": pod,
-        "namespace": namespace,
-        "pod_ip": ip_text(event.pod),
-        "destination": ip_text(destination),
-        "port": port,
-        "protocol": Protocol::from_number(event.proto).to_string(),
-        "direction": match event.direction {
+    LogLine {
+        ts: rfc3339(time),
+        service: "node-enforcer",
+        kind: "flow",
+        node: Some(directory.node.clone()).filter(|n| !n.is_empty()),
+        namespace: workload.map(|k| k.namespace.clone()),
+        pod: workload.map(|k| k.name.clone()),
+        src: Some(src),
+        dst: Some(dst),
+        port: Some(port),
+        proto: Some(protocol_name(event.proto)),
+        direction: match event.direction {
             Direction::Egress => "egress",
             Direction::Ingress => "ingress",
         },
-        "verdict": match event.verdict {
-            Verdict::Drop => "drop",
-            Verdict::Pass => "pass",
+        verdict: match event.verdict {
+            Verdict::Drop => "deny",
+            Verdict::Pass => "audit",
         },
-        "reason": event.reason.map_or("unknown", |r| r.name()),
-        "policy": policy,
-    });
-    value.to_string()
-}
-
-fn ip_text(ip: IpAddr) -> String {
-    ip.to_string()
-}
-
-/// `2026-11-03T12:34:56.789Z`.
-pub fn rfc3339(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let days = i64::try_from(secs / 86_400).unwrap_or(0);
-    let rem = secs % 86_400;
-    // civil from days (Howard Hinnant)
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_millis()
-    )
+        reason: event.reason.map_or("unknown", |r| r.name()).to_owned(),
+        policy,
+        rule,
+        allowlist: directory
+            .policies
+            .get(&event.policy_id)
+            .map(|id| id.0.clone()),
+        ..LogLine::default()
+    }
 }
 
 /// Starts the reader thread; it stops when `stop` is set (within a poll interval).
 pub fn start(
     mut reader: EventReader,
     directory: Arc<RwLock<Directory>>,
-    metrics: Arc<Metrics>,
+    log: LineLog,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
@@ -105,8 +140,11 @@ pub fn start(
             while !stop.load(Ordering::Relaxed) {
                 match reader.next_timeout(Duration::from_millis(200)) {
                     Ok(Some(event)) => {
+                        if !log.admit() {
+                            continue;
+                        }
                         let line = match directory.read() {
-                            Ok(d) => format_event(
+                            Ok(d) => flow_line(
                                 &event,
                                 &d,
                                 clock::boot_time_ns().unwrap_or(event.boot_ns),
@@ -114,11 +152,7 @@ pub fn start(
                             ),
                             Err(_) => continue,
                         };
-                        let mut out = std::io::stdout().lock();
-                        if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
-                            tracing::warn!("writing a flow log failed");
-                        }
-                        metrics.flow_events.inc();
+                        log.write(&line);
                     }
                     Ok(None) => {}
                     Err(e) => {
@@ -133,21 +167,32 @@ pub fn start(
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
-    use dnsfence_policy::model::{AllowlistId, WorkloadKey};
+    use std::time::UNIX_EPOCH;
+
+    use dnsfence_policy::allowlist::{Allowlist, DefaultPolicy};
+    use dnsfence_policy::model::{
+        Action, AllowlistId, Destinations, PolicyKind, PolicyRef, Rule, RuleKind, RuleOrigin, Tier,
+        WorkloadKey,
+    };
 
     use super::*;
     use crate::Reason;
 
-    #[test]
-    fn dates() {
-        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
-        let t = UNIX_EPOCH + Duration::from_millis(1_709_210_096_123); // 2024-02-29
-        assert_eq!(rfc3339(t), "2024-02-29T12:34:56.123Z");
+    fn anp(name: &str) -> PolicyRef {
+        PolicyRef {
+            kind: PolicyKind::ApplicationNetworkPolicy,
+            namespace: "default".into(),
+            name: name.into(),
+        }
     }
 
     #[test]
-    fn a_drop_names_pod_destination_and_policy() {
-        let mut d = Directory::default();
+    fn a_drop_names_pod_destination_and_the_isolating_policy() {
+        let mut d = Directory {
+            node: "node-1".into(),
+            default: DefaultPolicy::DefaultAllow,
+            ..Directory::default()
+        };
         let pod: IpAddr = "192.0.2.10".parse().unwrap();
         d.pods.insert(
             pod,
@@ -156,7 +201,32 @@ mod tests {
                 name: "nginx".into(),
             },
         );
+        // a pod isolated by one policy whose only rule allows something else
+        let allowlist = Allowlist::new(vec![
+            Rule {
+                tier: Tier::NetworkPolicy,
+                priority: 0,
+                kind: RuleKind::Match {
+                    action: Action::Accept,
+                    destinations: Destinations::Any,
+                    ports: vec![dnsfence_policy::ports::PortRange::single(Protocol::Udp, 53)],
+                    origin: RuleOrigin {
+                        policy: anp("nginx-egress"),
+                        rule_index: 0,
+                        rule_name: String::new(),
+                    },
+                },
+            },
+            Rule {
+                tier: Tier::NetworkPolicy,
+                priority: 0,
+                kind: RuleKind::Isolation {
+                    by: vec![anp("nginx-egress")],
+                },
+            },
+        ]);
         d.policies.insert(3, AllowlistId("abc".into()));
+        d.allowlists.insert(3, Arc::new(allowlist));
         let event = FlowEvent {
             boot_ns: 1_000,
             pod,
@@ -170,16 +240,25 @@ mod tests {
             ifindex: 4,
             policy_id: 3,
         };
-        let line = format_event(&event, &d, 1_000, UNIX_EPOCH);
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-        assert_eq!(v["pod"], "default/nginx");
+        let line = flow_line(&event, &d, 1_000, UNIX_EPOCH);
+        let v = serde_json::to_value(&line).unwrap();
+        assert_eq!(v["ts"], "1970-01-01T00:00:00.000Z");
+        assert_eq!(v["service"], "node-enforcer");
+        assert_eq!(v["kind"], "flow");
+        assert_eq!(v["node"], "node-1");
+        assert_eq!(v["pod"], "nginx");
         assert_eq!(v["namespace"], "default");
-        assert_eq!(v["destination"], "203.0.113.20");
+        assert_eq!(v["src"], "192.0.2.10");
+        assert_eq!(v["dst"], "203.0.113.20");
         assert_eq!(v["port"], 443);
-        assert_eq!(v["protocol"], "TCP");
-        assert_eq!(v["verdict"], "drop");
+        assert_eq!(v["proto"], "TCP");
+        assert_eq!(v["direction"], "egress");
+        assert_eq!(v["verdict"], "deny");
         assert_eq!(v["reason"], "default_deny");
-        assert_eq!(v["policy"], "abc");
-        assert_eq!(v["time"], "1970-01-01T00:00:00.000Z");
+        assert_eq!(v["allowlist"], "abc");
+        assert_eq!(v["policy"], "ApplicationNetworkPolicy default/nginx-egress");
+        assert!(v["rule"].is_null());
+        // the DNS-only fields are there, empty
+        assert!(v["name"].is_null() && v["qtype"].is_null());
     }
 }

@@ -7,9 +7,11 @@ use dnsfence_node_enforcer::{Config, bind, run};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    dnsfence_telemetry::init(config.log_format)?;
+    let telemetry = dnsfence_telemetry::init(config.log_format)?;
     config.validate()?;
     let listeners = bind(&config).await?;
-    run(config, listeners, dnsfence_telemetry::shutdown_signal()).await?;
-    Ok(())
+    let result = run(config, listeners, dnsfence_telemetry::shutdown_signal()).await;
+    // the spans of the last grant batches still go out
+    telemetry.shutdown().await;
+    Ok(result?)
 }

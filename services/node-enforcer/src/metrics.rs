@@ -1,4 +1,5 @@
-//! The enforcer's Prometheus metrics (listed in the service README).
+//! The enforcer's Prometheus metrics (names, labels and units: the root README's "Metrics"
+//! table).
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -34,7 +35,7 @@ pub struct Metrics {
     /// Grants received from gateways.
     pub grants_received: Counter,
     /// Time to write one batch into the map, before its ack.
-    pub grant_write_seconds: Histogram,
+    pub grant_write_duration: Histogram,
     /// Grant entries removed or narrowed because a policy change no longer allows them.
     pub revoked_grants: Counter,
     /// Expired grant entries removed by the sweeper.
@@ -49,8 +50,10 @@ pub struct Metrics {
     pub pods_pending: Gauge,
     /// Interfaces the programs are attached to.
     pub interfaces: Gauge,
-    /// Flow-log records written.
-    pub flow_events: Counter,
+    /// Flow-log lines written.
+    pub flow_log_lines: Counter,
+    /// Flow-log lines left out by the rate limit (or a failed write).
+    pub flow_log_lines_dropped: Counter,
     /// Store updates or datapath writes that failed.
     pub errors: Counter,
 }
@@ -64,7 +67,7 @@ impl Metrics {
             grants: Gauge::default(),
             grant_batches: Counter::default(),
             grants_received: Counter::default(),
-            grant_write_seconds: Histogram::new(exponential_buckets(5e-6, 2.0, 18)),
+            grant_write_duration: Histogram::new(exponential_buckets(5e-6, 2.0, 18)),
             revoked_grants: Counter::default(),
             swept_grants: Counter::default(),
             gateway_connections: Gauge::default(),
@@ -72,9 +75,11 @@ impl Metrics {
             pods: Gauge::default(),
             pods_pending: Gauge::default(),
             interfaces: Gauge::default(),
-            flow_events: Counter::default(),
+            flow_log_lines: Counter::default(),
+            flow_log_lines_dropped: Counter::default(),
             errors: Counter::default(),
         };
+        // Counters get their `_total` suffix from prometheus-client.
         let r = registry;
         r.register(
             "dnsfence_enforcer_packets",
@@ -102,9 +107,9 @@ impl Metrics {
             m.grants_received.clone(),
         );
         r.register(
-            "dnsfence_enforcer_grant_write_seconds",
+            "dnsfence_enforcer_grant_write_duration_seconds",
             "Time to write one grant batch into the map (the ack follows)",
-            m.grant_write_seconds.clone(),
+            m.grant_write_duration.clone(),
         );
         r.register(
             "dnsfence_enforcer_revoked_grants",
@@ -142,9 +147,14 @@ impl Metrics {
             m.interfaces.clone(),
         );
         r.register(
-            "dnsfence_enforcer_flow_events",
-            "Flow-log records written",
-            m.flow_events.clone(),
+            "dnsfence_enforcer_flow_log_lines",
+            "Flow-log lines written",
+            m.flow_log_lines.clone(),
+        );
+        r.register(
+            "dnsfence_enforcer_flow_log_lines_dropped",
+            "Flow-log lines left out by the --event-log-rate limit (or a failed write)",
+            m.flow_log_lines_dropped.clone(),
         );
         r.register(
             "dnsfence_enforcer_errors",

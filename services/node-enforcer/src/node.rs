@@ -19,7 +19,7 @@ use dnsfence_api::{
     tail::{DerivedState, TailUpdate},
 };
 use dnsfence_policy::{
-    allowlist::Allowlist,
+    allowlist::{Allowlist, DefaultPolicy},
     model::{AllowlistId, Binding, EventPayload, WorkloadBinding, WorkloadKey},
     ports::{PortRange, PortSet},
 };
@@ -49,13 +49,19 @@ pub struct GrantRecord {
     pub expiry_boot_ns: u64,
 }
 
-/// What the flow-log reader needs to name a pod and its policy.
+/// What the flow-log reader needs to name a pod and the policy behind a verdict.
 #[derive(Debug, Default)]
 pub struct Directory {
+    /// This node's name.
+    pub node: String,
+    /// How allowlists are evaluated here (the node default).
+    pub default: DefaultPolicy,
     /// Pod address → workload.
     pub pods: HashMap<IpAddr, WorkloadKey>,
     /// Policy id → allowlist id.
     pub policies: HashMap<u32, AllowlistId>,
+    /// Policy id → the allowlist itself, to name the rule or policy behind a drop.
+    pub allowlists: HashMap<u32, Arc<Allowlist>>,
 }
 
 #[derive(Debug, Clone)]
@@ -85,7 +91,8 @@ pub struct Node {
     node: String,
     default: NodeDefault,
     revision: u64,
-    allowlists: HashMap<AllowlistId, Allowlist>,
+    /// Shared with the flow-log reader through the [`Directory`].
+    allowlists: HashMap<AllowlistId, Arc<Allowlist>>,
     bindings: HashMap<WorkloadKey, WorkloadBinding>,
     pods: HashMap<IpAddr, PodState>,
     /// Interfaces with our links.
@@ -198,7 +205,11 @@ impl Node {
             format: state::FORMAT,
             node: self.node.clone(),
             revision: self.revision,
-            allowlists: self.allowlists.values().map(pb::Allowlist::from).collect(),
+            allowlists: self
+                .allowlists
+                .values()
+                .map(|a| pb::Allowlist::from(a.as_ref()))
+                .collect(),
             bindings: self
                 .bindings
                 .values()
@@ -217,7 +228,7 @@ impl Node {
         let mut allowlists = HashMap::new();
         for a in file.allowlists {
             let a = Allowlist::try_from(a).map_err(|e| e.to_string())?;
-            allowlists.insert(a.id().clone(), a);
+            allowlists.insert(a.id().clone(), Arc::new(a));
         }
         let mut bindings = HashMap::new();
         for b in file.bindings {
@@ -357,7 +368,7 @@ impl Node {
         self.allowlists = state
             .allowlists
             .into_iter()
-            .map(|a| (a.id().clone(), a))
+            .map(|a| (a.id().clone(), Arc::new(a)))
             .collect();
         let new: HashMap<WorkloadKey, WorkloadBinding> = state
             .bindings
@@ -385,7 +396,7 @@ impl Node {
         match payload {
             EventPayload::AllowlistCompiled(allowlist) => {
                 let id = allowlist.id().clone();
-                self.allowlists.insert(id.clone(), allowlist);
+                self.allowlists.insert(id.clone(), Arc::new(allowlist));
                 if let Some(pid) = self.policy_ids.get(&id).copied() {
                     self.write_cidrs(&id, pid);
                     // the pods bound to it were bound before its rules were known
@@ -863,9 +874,17 @@ impl Node {
             .iter()
             .map(|(id, pid)| (*pid, id.clone()))
             .collect();
+        let allowlists = self
+            .policy_ids
+            .iter()
+            .filter_map(|(id, pid)| Some((*pid, Arc::clone(self.allowlists.get(id)?))))
+            .collect();
         if let Ok(mut d) = self.directory.write() {
+            d.node.clone_from(&self.node);
+            d.default = self.default.evaluation();
             d.pods = pods;
             d.policies = policies;
+            d.allowlists = allowlists;
         }
         let placed = self.pods.values().filter(|p| p.ifindex.is_some()).count();
         self.metrics.pods.set(gauge(placed as u64));

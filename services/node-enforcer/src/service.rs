@@ -23,7 +23,7 @@ use prometheus_client::registry::Registry;
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use crate::{
     Datapath, Error, Result,
@@ -83,6 +83,8 @@ fn lock(node: &Mutex<Node>) -> MutexGuard<'_, Node> {
 /// What the tasks share.
 struct Shared {
     node: Mutex<Node>,
+    /// Pod names for the grant spans.
+    directory: Arc<RwLock<Directory>>,
     metrics: Arc<Metrics>,
     node_name: String,
     tls: ClientTls,
@@ -170,6 +172,7 @@ pub async fn run(
 
     let shared = Arc::new(Shared {
         node: Mutex::new(node),
+        directory: Arc::clone(&directory),
         metrics: Arc::clone(&metrics),
         node_name: config.node_name.clone(),
         tls: config.tls.clone(),
@@ -229,7 +232,11 @@ pub async fn run(
             flowlog::start(
                 reader,
                 Arc::clone(&directory),
-                Arc::clone(&metrics),
+                dnsfence_telemetry::jsonlog::LineLog::stdout(
+                    config.event_log_rate,
+                    metrics.flow_log_lines.clone(),
+                    metrics.flow_log_lines_dropped.clone(),
+                ),
                 Arc::clone(&flow_stop),
             )
             .map_err(|e| Error::Task(format!("starting the flow-log thread: {e}")))?,
@@ -414,7 +421,7 @@ async fn subscribe_once(
     let channel = dnsfence_api::connect(address, &shared.tls, shared.connect_timeout)
         .await
         .map_err(|e| e.to_string())?;
-    let mut client = GrantsClient::new(channel);
+    let mut client = GrantsClient::with_interceptor(channel, dnsfence_api::TraceContext);
     let (tx, rx) = tokio::sync::mpsc::channel::<gpb::SubscribeRequest>(1024);
     tx.send(gpb::SubscribeRequest {
         kind: Some(gpb::subscribe_request::Kind::Hello(gpb::Hello {
@@ -423,10 +430,23 @@ async fn subscribe_once(
     })
     .await
     .map_err(|e| e.to_string())?;
+    // Opening the subscription is traced (its gRPC call carries the context); the
+    // long-lived stream is not, each batch is.
+    let span = tracing::info_span!(
+        target: dnsfence_telemetry::OTEL_TARGET,
+        "grant subscribe",
+        otel.kind = "client",
+        rpc.system = "grpc",
+        rpc.service = "dnsfence.grants.v1.Grants",
+        rpc.method = "Subscribe",
+        server.address = address,
+        dnsfence.node = %shared.node_name,
+    );
     let response = tokio::time::timeout(
         shared.connect_timeout,
         client.subscribe(ReceiverStream::new(rx)),
     )
+    .instrument(span)
     .await
     .map_err(|_| format!("subscribing timed out after {:?}", shared.connect_timeout))?
     .map_err(|s| format!("subscribing: {}", s.message()))?;
@@ -440,42 +460,99 @@ async fn subscribe_once(
             Ok(None) => return Ok(()),
             Err(status) => return Err(format!("grant stream: {}", status.message())),
         };
-        let started = Instant::now();
-        let mut grants = Vec::with_capacity(batch.grants.len());
-        for g in batch.grants {
-            match Grant::try_from(g) {
-                Ok(g) => grants.push(g),
-                Err(e) => warn!(gateway = %address, error = %e, "ignoring a malformed grant"),
-            }
-        }
-        let count = grants.len() as u64;
-        let written = lock(&shared.node).install_grants(grants);
-        shared
-            .metrics
-            .grant_write_seconds
-            .observe(started.elapsed().as_secs_f64());
-        shared.metrics.grant_batches.inc();
-        shared.metrics.grants_received.inc_by(count);
-        match written {
-            Ok(0) => {}
-            // no ack: the gateway must not count on grants that are not in the map
-            Ok(failed) => {
-                warn!(gateway = %address, seq = batch.seq, failed, "grant batch not fully written; not acked");
-                continue;
-            }
-            Err(e) => {
-                warn!(gateway = %address, seq = batch.seq, error = %e, "grant batch not written; not acked");
-                continue;
-            }
-        }
-        tx.send(gpb::SubscribeRequest {
-            kind: Some(gpb::subscribe_request::Kind::Ack(gpb::Ack {
-                seq: batch.seq,
-            })),
-        })
-        .await
-        .map_err(|_| "the request stream closed".to_string())?;
+        let span = grant_apply_span(shared, address, &batch);
+        apply_batch(shared, address, batch, &tx)
+            .instrument(span)
+            .await?;
     }
+}
+
+/// The span of writing and acking one batch, a child of the gateway's "grant send" (and so
+/// of the DNS query) when the batch carries a trace context; none otherwise.
+fn grant_apply_span(shared: &Shared, address: &str, batch: &gpb::GrantBatch) -> tracing::Span {
+    if batch.trace_context.is_empty() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
+        target: dnsfence_telemetry::OTEL_TARGET,
+        "grant apply",
+        otel.kind = "consumer",
+        rpc.system = "grpc",
+        rpc.service = "dnsfence.grants.v1.Grants",
+        rpc.method = "Subscribe",
+        server.address = address,
+        dnsfence.node = %shared.node_name,
+        dnsfence.grant.seq = batch.seq,
+        dnsfence.grants = batch.grants.len(),
+        dnsfence.grants.failed = tracing::field::Empty,
+        dnsfence.pod = tracing::field::Empty,
+        dnsfence.namespace = tracing::field::Empty,
+        dnsfence.revision = tracing::field::Empty,
+        dns.question.name = tracing::field::Empty,
+    );
+    dnsfence_telemetry::propagation::set_parent_from_map(&span, &batch.trace_context);
+    span
+}
+
+/// Writes one batch into the map, then acks it. A batch not written entirely is not acked:
+/// the gateway must not count on grants that are not in the map.
+async fn apply_batch(
+    shared: &Shared,
+    address: &str,
+    batch: gpb::GrantBatch,
+    tx: &tokio::sync::mpsc::Sender<gpb::SubscribeRequest>,
+) -> std::result::Result<(), String> {
+    let span = tracing::Span::current();
+    let started = Instant::now();
+    let mut grants = Vec::with_capacity(batch.grants.len());
+    for g in batch.grants {
+        match Grant::try_from(g) {
+            Ok(g) => grants.push(g),
+            Err(e) => warn!(gateway = %address, error = %e, "ignoring a malformed grant"),
+        }
+    }
+    if !span.is_disabled()
+        && let Some(first) = grants.first()
+    {
+        span.record("dns.question.name", first.name.as_str());
+        if let Ok(d) = shared.directory.read()
+            && let Some(pod) = d.pods.get(&first.pod_ip)
+        {
+            span.record("dnsfence.pod", pod.name.as_str());
+            span.record("dnsfence.namespace", pod.namespace.as_str());
+        }
+    }
+    let count = grants.len() as u64;
+    let (written, revision) = {
+        let mut node = lock(&shared.node);
+        (node.install_grants(grants), node.revision())
+    };
+    span.record("dnsfence.revision", revision);
+    shared
+        .metrics
+        .grant_write_duration
+        .observe(started.elapsed().as_secs_f64());
+    shared.metrics.grant_batches.inc();
+    shared.metrics.grants_received.inc_by(count);
+    match written {
+        Ok(0) => {}
+        Ok(failed) => {
+            span.record("dnsfence.grants.failed", failed);
+            warn!(gateway = %address, seq = batch.seq, failed, "grant batch not fully written; not acked");
+            return Ok(());
+        }
+        Err(e) => {
+            warn!(gateway = %address, seq = batch.seq, error = %e, "grant batch not written; not acked");
+            return Ok(());
+        }
+    }
+    tx.send(gpb::SubscribeRequest {
+        kind: Some(gpb::subscribe_request::Kind::Ack(gpb::Ack {
+            seq: batch.seq,
+        })),
+    })
+    .await
+    .map_err(|_| "the request stream closed".to_string())
 }
 
 // ---- periodic work ----

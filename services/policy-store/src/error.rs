@@ -12,4 +12,10 @@ pub enum StoreError {
     Serve(#[from] dnsfence_api::ApiError),
     #[error("{0}")]
     Config(String),
+    #[error("the event log failed: {0}")]
+    LogFailed(String),
+    #[error("replication: {0}")]
+    Replication(String),
+    #[error("Kubernetes API: {0}")]
+    Kube(String),
 }

@@ -4,8 +4,9 @@ use dnsfence_policy_store::{Config, bind, run};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    dnsfence_telemetry::init(config.log_format)?;
+    let telemetry = dnsfence_telemetry::init(config.log_format)?;
     let listeners = bind(&config).await?;
-    run(config, listeners, dnsfence_telemetry::shutdown_signal()).await?;
-    Ok(())
+    let result = run(config, listeners, dnsfence_telemetry::shutdown_signal()).await;
+    telemetry.shutdown().await;
+    Ok(result?)
 }

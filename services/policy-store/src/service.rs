@@ -9,7 +9,9 @@ use dnsfence_policy::ports::PortRange;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
+use crate::config::Mode;
 use crate::explain::{self, ExplainError, PodSelector};
+use crate::role::Role;
 use crate::store::{Store, WriteError};
 use crate::watch::{self, View, WatchParams, WatchStream};
 use crate::writes::{self, AppliedObject, ManifestInput, Outcome};
@@ -25,12 +27,34 @@ impl StoreService {
     }
 
     fn check_writable(&self) -> Result<(), Status> {
-        if self.store.config().read_only {
-            return Err(Status::permission_denied(
-                "this store is read-only (--read-only): policies come from the Kubernetes API",
-            ));
-        }
-        Ok(())
+        let config = self.store.config();
+        writes_refused(&self.store.role(), config.mode, config.read_only).map_or(Ok(()), Err)
+    }
+}
+
+/// Why the gRPC write API refuses a write in this role, if it does.
+pub fn writes_refused(role: &Role, mode: Mode, read_only: bool) -> Option<Status> {
+    match role {
+        Role::Standalone if !read_only => None,
+        Role::Standalone => Some(Status::permission_denied(
+            "this store is read-only (--read-only): policies come from the Kubernetes API",
+        )),
+        Role::Leader => Some(Status::permission_denied(
+            "cluster mode: policies, pods and namespaces come from the Kubernetes API; the store's write API is off (kubectl apply the policy instead)",
+        )),
+        Role::Follower {
+            leader: Some(leader),
+        } => Some(Status::failed_precondition(match mode {
+            Mode::Standalone => format!(
+                "this store is a read-only replica of the leader {leader}: send writes there"
+            ),
+            Mode::Cluster => format!(
+                "this store is a read-only replica of the leader {leader}; in cluster mode policies, pods and namespaces come from the Kubernetes API"
+            ),
+        })),
+        Role::Follower { leader: None } => Some(Status::unavailable(
+            "this store is a read-only replica and no leader is known right now; retry shortly",
+        )),
     }
 }
 
@@ -380,7 +404,40 @@ impl PolicyStore for StoreService {
             allowlists: state.compiler.allowlist_count() as u64,
             watchers: u32::try_from(self.store.watchers()).unwrap_or(u32::MAX),
             version: env!("CARGO_PKG_VERSION").to_string(),
-            writes_enabled: !self.store.config().read_only,
+            writes_enabled: self.check_writable().is_ok(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::role::Peer;
+    use tonic::Code;
+
+    #[test]
+    fn writes_are_refused_by_role_with_the_leader_named() {
+        assert!(writes_refused(&Role::Standalone, Mode::Standalone, false).is_none());
+        let read_only = writes_refused(&Role::Standalone, Mode::Standalone, true);
+        assert_eq!(read_only.map(|s| s.code()), Some(Code::PermissionDenied));
+        let leader = writes_refused(&Role::Leader, Mode::Cluster, false);
+        assert_eq!(leader.map(|s| s.code()), Some(Code::PermissionDenied));
+        let peer = Peer {
+            identity: "store-0".into(),
+            address: "http://store-0.dnsfence-policy-store.dnsfence.svc:50051".into(),
+        };
+        let follower = writes_refused(
+            &Role::Follower {
+                leader: Some(peer.clone()),
+            },
+            Mode::Cluster,
+            false,
+        )
+        .map(|s| (s.code(), s.message().to_string()));
+        let (code, message) = follower.unwrap_or((Code::Ok, String::new()));
+        assert_eq!(code, Code::FailedPrecondition);
+        assert!(message.contains("store-0 (http://store-0."), "{message}");
+        let unknown = writes_refused(&Role::Follower { leader: None }, Mode::Cluster, false);
+        assert_eq!(unknown.map(|s| s.code()), Some(Code::Unavailable));
     }
 }

@@ -22,6 +22,10 @@ pub struct SnapshotContent {
 pub struct StoreState {
     pub compiler: Compiler,
     pub records: BTreeMap<PolicyRef, PolicyRecord>,
+    /// Revision of the `PolicyApplied` event of each policy's current manifest (for a policy
+    /// restored from a snapshot: the snapshot's revision). The cluster controller reports it
+    /// in the policy's status.
+    pub applied_at: BTreeMap<PolicyRef, u64>,
     /// Revision of the last event handed to the log (durable once the log's head reaches it).
     pub revision: u64,
 }
@@ -30,6 +34,7 @@ impl StoreState {
     /// Re-applies one logged event without compiling: derived events in the log already
     /// carry the compiler's results.
     pub fn restore(&mut self, revision: u64, payload: EventPayload) -> Result<(), String> {
+        self.note_written(revision, &payload);
         match payload {
             EventPayload::PolicyApplied(record) => self.restore_policy(record)?,
             EventPayload::PolicyDeleted(reference) => {
@@ -59,8 +64,23 @@ impl StoreState {
         Ok(())
     }
 
+    /// Keeps `applied_at` up to date for an event logged at `revision`.
+    pub fn note_written(&mut self, revision: u64, payload: &EventPayload) {
+        match payload {
+            EventPayload::PolicyApplied(record) => {
+                self.applied_at.insert(record.reference.clone(), revision);
+            }
+            EventPayload::PolicyDeleted(reference) => {
+                self.applied_at.remove(reference);
+            }
+            _ => {}
+        }
+    }
+
     pub fn restore_snapshot(&mut self, snapshot: SnapshotContent) -> Result<(), String> {
         for record in snapshot.policies {
+            self.applied_at
+                .insert(record.reference.clone(), snapshot.revision);
             self.restore_policy(record)?;
         }
         for ns in snapshot.namespaces {

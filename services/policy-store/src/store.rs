@@ -13,9 +13,10 @@ use tokio::sync::{RwLock, watch};
 use tracing::{info, warn};
 
 use crate::codec;
-use crate::config::Config;
+use crate::config::{Config, Mode};
 use crate::error::StoreError;
-use crate::state::StoreState;
+use crate::role::{Peer, Role};
+use crate::state::{SnapshotContent, StoreState};
 
 /// Why a write did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +27,26 @@ pub enum WriteError<E> {
     /// The log failed: the store stops (crash-only), and a restart replays what was durable.
     #[error("the event log failed: {0}")]
     Log(String),
+}
+
+/// Runs `work` to its end even if the caller is dropped: these writes change the state and
+/// the log together, and stopping one half-way (a follower is aborted when it becomes leader)
+/// would leave them disagreeing.
+async fn shielded<T: Send + 'static>(
+    work: impl std::future::Future<Output = T> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::spawn(work)
+        .await
+        .map_err(|e| StoreError::LogFailed(format!("a store write task failed: {e}")))
+}
+
+/// Holds the compaction flag; releases it when dropped.
+struct CompactionClaim<'a>(&'a AtomicBool);
+
+impl Drop for CompactionClaim<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 /// Decrements the watcher count when a watch stream's task ends.
@@ -46,11 +67,16 @@ pub struct Store {
     compacting: AtomicBool,
     /// Open Watch streams.
     watchers: AtomicUsize,
-    /// Set when the log failed: `run` shuts the server down.
+    /// Set on a failure the store cannot go on after (the log failed, or cluster mode could
+    /// not continue): `serve` shuts the server down.
     fatal: watch::Sender<Option<String>>,
     /// Set when the server begins to shut down: watch streams end, so that the server's
     /// graceful shutdown, which waits for every open stream, can finish.
     closing: watch::Sender<bool>,
+    /// Counts resets of the log (a replica adopting the leader's snapshot, a new leader moving
+    /// its numbering on): watch streams end, and their consumers resume from a snapshot.
+    resets: watch::Sender<u64>,
+    role: watch::Sender<Role>,
 }
 
 impl Store {
@@ -89,6 +115,18 @@ impl Store {
         );
         let (fatal, _) = watch::channel(None);
         let (closing, _) = watch::channel(false);
+        let (resets, _) = watch::channel(0);
+        let role = match (&config.mode, &config.follow) {
+            (Mode::Standalone, None) => Role::Standalone,
+            (Mode::Standalone, Some(address)) => Role::Follower {
+                leader: Some(Peer {
+                    identity: address.clone(),
+                    address: address.clone(),
+                }),
+            },
+            (Mode::Cluster, _) => Role::Follower { leader: None },
+        };
+        let (role, _) = watch::channel(role);
         Ok(Arc::new(Store {
             state: RwLock::new(state),
             log,
@@ -97,7 +135,33 @@ impl Store {
             watchers: AtomicUsize::new(0),
             fatal,
             closing,
+            resets,
+            role,
         }))
+    }
+
+    pub fn role(&self) -> Role {
+        self.role.borrow().clone()
+    }
+
+    pub fn subscribe_role(&self) -> watch::Receiver<Role> {
+        self.role.subscribe()
+    }
+
+    pub fn set_role(&self, role: Role) {
+        self.role.send_if_modified(|current| {
+            if *current == role {
+                return false;
+            }
+            info!(from = current.name(), to = role.name(), "role changed");
+            *current = role;
+            true
+        });
+    }
+
+    /// Changes when the log is reset: open watch streams end so consumers resume afresh.
+    pub fn resets(&self) -> watch::Receiver<u64> {
+        self.resets.subscribe()
     }
 
     pub fn config(&self) -> &Config {
@@ -158,6 +222,9 @@ impl Store {
             }
             let first = state.revision + 1;
             let count = payloads.len() as u64;
+            for (i, payload) in payloads.iter().enumerate() {
+                state.note_written(first + i as u64, payload);
+            }
             let records: Vec<Vec<u8>> = payloads
                 .into_iter()
                 .enumerate()
@@ -188,6 +255,149 @@ impl Store {
         Ok((revision, out))
     }
 
+    /// A replica's write path: appends events copied from the leader at their revisions,
+    /// which must continue this store's log without a gap. Returns the new head. Runs to its
+    /// end even if the caller is dropped.
+    ///
+    /// On an error the in-memory state may hold part of the batch; the replica then starts
+    /// over from a snapshot ([`Store::install_snapshot`]), which replaces it.
+    pub async fn replicate(self: &Arc<Self>, events: Vec<Event>) -> Result<u64, StoreError> {
+        let me = Arc::clone(self);
+        shielded(async move { me.replicate_now(events).await }).await?
+    }
+
+    async fn replicate_now(self: &Arc<Self>, events: Vec<Event>) -> Result<u64, StoreError> {
+        let (ticket, last) = {
+            let mut state = self.state.write().await;
+            let first = state.revision + 1;
+            let Some(last_event) = events.last() else {
+                return Ok(state.revision);
+            };
+            let last = last_event.revision;
+            for (i, event) in events.iter().enumerate() {
+                if event.revision != first + i as u64 {
+                    return Err(StoreError::Replication(format!(
+                        "the leader sent revision {} where {} was expected",
+                        event.revision,
+                        first + i as u64
+                    )));
+                }
+            }
+            let records: Vec<Vec<u8>> = events.iter().map(codec::encode_event).collect();
+            for event in events {
+                let revision = event.revision;
+                if let Err(reason) = state.restore(revision, event.payload) {
+                    // Nothing of the batch reached the log; the replica starts over from a
+                    // snapshot, which replaces what of it reached the state.
+                    state.revision = first - 1;
+                    return Err(StoreError::Replication(format!(
+                        "event {revision} from the leader does not apply: {reason}"
+                    )));
+                }
+            }
+            let ticket = self
+                .log
+                .enqueue_at(first, records)
+                .await
+                .map_err(|e| self.log_failed(e.to_string()))?;
+            state.revision = last;
+            (ticket, last)
+        };
+        match ticket.await {
+            Ok(range) if *range.end() == last => {}
+            Ok(range) => {
+                return Err(self.log_failed(format!(
+                    "log assigned revisions {range:?}, the replica expected up to {last}"
+                )));
+            }
+            Err(e) => return Err(self.log_failed(e.to_string())),
+        }
+        self.maybe_compact(last);
+        Ok(last)
+    }
+
+    /// A replica adopts the leader's state at `content.revision`: the log is reset to it and
+    /// the in-memory state rebuilt from it; open watch streams end.
+    pub async fn install_snapshot(
+        self: &Arc<Self>,
+        content: SnapshotContent,
+    ) -> Result<u64, StoreError> {
+        let me = Arc::clone(self);
+        shielded(async move { me.install_snapshot_now(content).await }).await?
+    }
+
+    async fn install_snapshot_now(&self, content: SnapshotContent) -> Result<u64, StoreError> {
+        let revision = content.revision;
+        let bytes = codec::encode_snapshot(&content);
+        let mut fresh = StoreState::default();
+        fresh
+            .restore_snapshot(content)
+            .map_err(|reason| StoreError::CorruptSnapshot { revision, reason })?;
+        // Before the state lock: a compaction takes the state lock after claiming its flag.
+        let _no_compaction = self.exclude_compaction().await;
+        let mut state = self.state.write().await;
+        self.log
+            .reset(revision, bytes)
+            .await
+            .map_err(|e| self.log_failed(e.to_string()))?;
+        *state = fresh;
+        drop(state);
+        self.resets.send_modify(|n| *n += 1);
+        Ok(revision)
+    }
+
+    /// A new leader moves its log's numbering to `revision` (if it is ahead), keeping its
+    /// state: a consumer that saw revisions of the previous leader this store never had gets
+    /// a snapshot instead of resuming into a history that is not this store's.
+    pub async fn advance_to(self: &Arc<Self>, revision: u64) -> Result<u64, StoreError> {
+        let me = Arc::clone(self);
+        shielded(async move { me.advance_to_now(revision).await }).await?
+    }
+
+    async fn advance_to_now(&self, revision: u64) -> Result<u64, StoreError> {
+        let _no_compaction = self.exclude_compaction().await;
+        let mut state = self.state.write().await;
+        if revision <= state.revision {
+            return Ok(state.revision);
+        }
+        // Only durable state may become the snapshot.
+        self.wait_durable::<()>(state.revision)
+            .await
+            .map_err(|e| self.log_failed(e.to_string()))?;
+        let mut content = state.snapshot();
+        content.revision = revision;
+        self.log
+            .reset(revision, codec::encode_snapshot(&content))
+            .await
+            .map_err(|e| self.log_failed(e.to_string()))?;
+        let previous = state.revision;
+        state.revision = revision;
+        // As a restart from that snapshot would have them.
+        for applied in state.applied_at.values_mut() {
+            *applied = revision;
+        }
+        drop(state);
+        info!(
+            previous,
+            revision, "log numbering moved on past the previous leader's"
+        );
+        self.resets.send_modify(|n| *n += 1);
+        Ok(revision)
+    }
+
+    /// Waits until no compaction runs and keeps new ones from starting while the guard lives.
+    async fn exclude_compaction(&self) -> CompactionClaim<'_> {
+        while self.compacting.swap(true, Ordering::AcqRel) {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        CompactionClaim(&self.compacting)
+    }
+
+    fn log_failed(&self, reason: String) -> StoreError {
+        let _: WriteError<()> = self.fail(reason.clone());
+        StoreError::LogFailed(reason)
+    }
+
     async fn wait_durable<E>(&self, revision: u64) -> Result<(), WriteError<E>> {
         let mut head = self.log.subscribe();
         while *head.borrow_and_update() < revision {
@@ -196,6 +406,12 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// Stops the server (as a failed log does) for a failure the store cannot recover from.
+    pub fn stop_fatally(&self, reason: String) {
+        warn!(%reason, "stopping");
+        self.fatal.send_replace(Some(reason));
     }
 
     fn fail<E>(&self, reason: String) -> WriteError<E> {

@@ -91,9 +91,16 @@ pub fn start(store: Arc<Store>, params: WatchParams) -> WatchStream {
     let end = Arc::clone(&ended);
     let stall = store.config().watch_stall_timeout;
     let closing = store.closing();
+    let mut resets = store.resets();
+    resets.borrow_and_update();
     tokio::spawn(async move {
         let _counted = store.watcher_started();
-        let mut sub = Subscriber { tx, stall, closing };
+        let mut sub = Subscriber {
+            tx,
+            stall,
+            closing,
+            resets,
+        };
         let result = sub.run(&store, params).await;
         if let (Err(status), Ok(mut slot)) = (result, end.lock()) {
             *slot = Some(status);
@@ -111,10 +118,19 @@ struct Subscriber {
     stall: Duration,
     /// The server is stopping: end the stream so its graceful shutdown can finish.
     closing: watch::Receiver<bool>,
+    /// The log was reset under this stream: what it sent may not be the log's history any
+    /// more, so it ends and the consumer resumes (from a snapshot where needed).
+    resets: watch::Receiver<u64>,
 }
 
 fn shutting_down() -> Stop {
     Stop::Status(Status::unavailable("the store is shutting down"))
+}
+
+fn log_reset() -> Stop {
+    Stop::Status(Status::unavailable(
+        "the store's log was reset (a replica took the leader's state, or a new leader took over); resume from your last revision",
+    ))
 }
 
 /// How a subscriber stopped without an error for the client.
@@ -137,9 +153,13 @@ impl Subscriber {
     /// Queues `item`; `resume_from` is the revision a consumer cut off before receiving it
     /// has everything up to, which the error tells it.
     async fn send(&mut self, item: pb::WatchResponse, resume_from: u64) -> Result<(), Stop> {
+        if self.resets.has_changed().unwrap_or(true) {
+            return Err(log_reset());
+        }
         let sent = tokio::select! {
             sent = tokio::time::timeout(self.stall, self.tx.send(item)) => sent,
             _ = self.closing.wait_for(|closing| *closing) => return Err(shutting_down()),
+            _ = self.resets.changed() => return Err(log_reset()),
         };
         match sent {
             Ok(Ok(())) => Ok(()),
@@ -218,6 +238,7 @@ impl Subscriber {
                 }
                 () = self.tx.closed() => return Err(Stop::ClientGone),
                 _ = self.closing.wait_for(|closing| *closing) => return Err(shutting_down()),
+                _ = self.resets.changed() => return Err(log_reset()),
             }
         }
     }

@@ -15,6 +15,12 @@ pub struct Config {
     #[arg(long, env = "DNSFENCE_DNS_LISTEN", default_value = "127.0.0.1:5353")]
     pub dns_listen: SocketAddr,
 
+    /// Bind the DNS address with SO_REUSEPORT, so several gateway processes on one host
+    /// (replicas, or an old and a new one during an upgrade) serve the same address; the
+    /// kernel spreads clients across them.
+    #[arg(long, env = "DNSFENCE_DNS_REUSE_PORT")]
+    pub dns_reuse_port: bool,
+
     /// gRPC address enforcers subscribe to for grants (`dnsfence.grants.v1.Grants`), with
     /// health and reflection: HOST:PORT or unix:///path.
     #[arg(long, env = "DNSFENCE_GRPC_LISTEN", default_value = "127.0.0.1:50052")]
@@ -131,6 +137,28 @@ pub struct Config {
     /// Log format: text or json.
     #[arg(long, env = "DNSFENCE_LOG_FORMAT", default_value = "text")]
     pub log_format: dnsfence_telemetry::LogFormat,
+
+    /// DNS decision log on stdout, one JSON line per query (the enforcer's flow-log schema):
+    /// none, denied (denied queries and search-list expansions) or all.
+    #[arg(
+        long,
+        env = "DNSFENCE_DECISION_LOGS",
+        value_enum,
+        default_value = "denied"
+    )]
+    pub decision_logs: DecisionLogs,
+
+    /// Decision-log lines written per second at most (0: no limit); the rest are counted in
+    /// dnsfence_gateway_decision_log_lines_dropped_total.
+    #[arg(long, env = "DNSFENCE_DECISION_LOG_RATE", default_value_t = 100)]
+    pub decision_log_rate: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DecisionLogs {
+    None,
+    Denied,
+    All,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -185,21 +185,69 @@ impl TcpServer {
     }
 }
 
-/// Binds UDP and TCP on one address; with port 0 both get the same port.
-pub async fn bind_dns(addr: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)> {
+/// Binds UDP and TCP on one address; with port 0 both get the same port. `reuse_port`
+/// lets other processes bind the same address too (SO_REUSEPORT).
+pub async fn bind_dns(
+    addr: SocketAddr,
+    reuse_port: bool,
+) -> std::io::Result<(UdpSocket, TcpListener)> {
     if addr.port() != 0 {
-        let udp = UdpSocket::bind(addr).await?;
-        let tcp = TcpListener::bind(addr).await?;
+        let udp = bind_udp(addr, reuse_port)?;
+        let tcp = bind_tcp(addr, reuse_port)?;
         return Ok((udp, tcp));
     }
     let mut last_error = None;
     for _ in 0..16 {
-        let udp = UdpSocket::bind(addr).await?;
+        let udp = bind_udp(addr, reuse_port)?;
         let port = udp.local_addr()?.port();
-        match TcpListener::bind(SocketAddr::new(addr.ip(), port)).await {
+        match bind_tcp(SocketAddr::new(addr.ip(), port), reuse_port) {
             Ok(tcp) => return Ok((udp, tcp)),
             Err(e) => last_error = Some(e),
         }
     }
     Err(last_error.unwrap_or_else(|| std::io::Error::other("no free port for UDP and TCP")))
+}
+
+fn socket_for(
+    addr: SocketAddr,
+    kind: socket2::Type,
+    reuse_port: bool,
+) -> std::io::Result<socket2::Socket> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), kind, None)?;
+    if kind == socket2::Type::STREAM {
+        socket.set_reuse_address(true)?;
+    }
+    socket.set_reuse_port(reuse_port)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket)
+}
+
+fn bind_udp(addr: SocketAddr, reuse_port: bool) -> std::io::Result<UdpSocket> {
+    let socket = socket_for(addr, socket2::Type::DGRAM, reuse_port)?;
+    UdpSocket::from_std(socket.into())
+}
+
+fn bind_tcp(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
+    let socket = socket_for(addr, socket2::Type::STREAM, reuse_port)?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn reuse_port_lets_two_gateways_share_one_address() -> std::io::Result<()> {
+        let (udp, _tcp) =
+            bind_dns("127.0.0.1:0".parse().map_err(std::io::Error::other)?, true).await?;
+        let shared = udp.local_addr()?;
+        let (second_udp, second_tcp) = bind_dns(shared, true).await?;
+        assert_eq!(second_udp.local_addr()?, shared);
+        assert_eq!(second_tcp.local_addr()?, shared);
+        // without the option the address stays exclusive, as before
+        assert!(bind_dns(shared, false).await.is_err());
+        Ok(())
+    }
 }

@@ -7,10 +7,10 @@
 //! was acked, so a grant the enforcer already holds with a later expiry is not sent again;
 //! a new subscription (an enforcer restart) starts with nothing remembered.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -22,7 +22,7 @@ use futures::Stream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use crate::metrics::{AckFailure, GatewayMetrics};
 
@@ -38,6 +38,16 @@ pub enum Delivery {
     /// Nothing new to send: the enforcer holds all of it already.
     AlreadyHeld,
     Failed(AckFailure),
+}
+
+impl Delivery {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Delivery::Acked => "acked",
+            Delivery::AlreadyHeld => "already_held",
+            Delivery::Failed(f) => f.as_str(),
+        }
+    }
 }
 
 /// The outcome of granting one answer.
@@ -65,7 +75,14 @@ struct Subscription {
     next_seq: AtomicU64,
     pending: Mutex<HashMap<u64, PendingBatch>>,
     held: Mutex<HashMap<(IpAddr, IpAddr), Held>>,
+    /// Size of `held` at which expired entries are pruned next: twice what was left after
+    /// the last pruning (at least [`PRUNE_FROM`]), so pruning costs O(1) per grant amortised
+    /// instead of a full scan per batch once the map is big.
+    prune_at: AtomicUsize,
 }
+
+/// Below this many (pod, destination) entries, `held` is never pruned.
+const PRUNE_FROM: usize = 100_000;
 
 impl std::fmt::Debug for Subscription {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -137,9 +154,11 @@ impl Subscription {
                     }
                 }
             }
-            if held.len() > 100_000 {
+            if held.len() > self.prune_at.load(Ordering::Relaxed) {
                 let now = Instant::now();
                 held.retain(|_, h| h.iter().any(|(_, e)| *e > now));
+                self.prune_at
+                    .store((held.len() * 2).max(PRUNE_FROM), Ordering::Relaxed);
             }
         }
         let _ = batch.done.send(());
@@ -205,7 +224,45 @@ impl GrantHub {
 
     /// Sends `grants` (all for pods of `node`) to the node's enforcers and waits for their
     /// acks, at most `timeout`.
+    ///
+    /// Inside a traced query this is a span of its own, from sending to the last ack, and the
+    /// batches carry its trace context: the enforcer's span for writing and acking them
+    /// becomes its child, so the query, the send and the ack are one trace.
     pub async fn grant(&self, node: &str, grants: Vec<Grant>, timeout: Duration) -> GrantOutcome {
+        if !dnsfence_telemetry::in_sampled_trace() {
+            return self
+                .grant_untraced(node, grants, timeout, BTreeMap::new())
+                .await;
+        }
+        let span = tracing::info_span!(
+            target: dnsfence_telemetry::OTEL_TARGET,
+            "grant send",
+            otel.kind = "producer",
+            rpc.system = "grpc",
+            rpc.service = "dnsfence.grants.v1.Grants",
+            rpc.method = "Subscribe",
+            dnsfence.node = node,
+            dnsfence.grants = grants.len(),
+            dnsfence.delivery = tracing::field::Empty,
+        );
+        let context: BTreeMap<String, String> = dnsfence_telemetry::propagation::context_map(&span)
+            .into_iter()
+            .collect();
+        let outcome = self
+            .grant_untraced(node, grants, timeout, context)
+            .instrument(span.clone())
+            .await;
+        span.record("dnsfence.delivery", outcome.delivery.as_str());
+        outcome
+    }
+
+    async fn grant_untraced(
+        &self,
+        node: &str,
+        grants: Vec<Grant>,
+        timeout: Duration,
+        trace_context: BTreeMap<String, String>,
+    ) -> GrantOutcome {
         let subscriptions = self.read().get(node).cloned().unwrap_or_default();
         if subscriptions.is_empty() {
             return GrantOutcome {
@@ -231,7 +288,7 @@ impl GrantHub {
             for g in &missing {
                 min_with(g.lifetime);
             }
-            match self.send(sub, missing) {
+            match self.send(sub, missing, &trace_context) {
                 Ok(rx) => waits.push(rx),
                 Err(failure) => {
                     return GrantOutcome {
@@ -260,12 +317,13 @@ impl GrantHub {
         &self,
         sub: &Arc<Subscription>,
         grants: Vec<Grant>,
+        trace_context: &BTreeMap<String, String>,
     ) -> Result<oneshot::Receiver<()>, AckFailure> {
         let seq = sub.next_seq.fetch_add(1, Ordering::Relaxed);
         let batch = pb::GrantBatch {
             seq,
             grants: grants.iter().map(pb::Grant::from).collect(),
-            trace_context: Default::default(),
+            trace_context: trace_context.clone(),
         };
         let (done, rx) = oneshot::channel();
         let count = grants.len() as u64;
@@ -320,6 +378,7 @@ impl GrantHub {
             next_seq: AtomicU64::new(1),
             pending: Mutex::new(HashMap::new()),
             held: Mutex::new(HashMap::new()),
+            prune_at: AtomicUsize::new(PRUNE_FROM),
         });
         self.write().entry(node).or_default().push(Arc::clone(&sub));
         self.metrics.subscribers.inc();

@@ -14,7 +14,6 @@ pub mod handler;
 pub mod http;
 pub mod identity;
 pub mod metrics;
-pub mod ratelimit;
 pub mod resolve;
 pub mod wire;
 
@@ -61,14 +60,13 @@ impl Listeners {
 }
 
 pub async fn bind(config: &Config) -> Result<Listeners, GatewayError> {
-    let (dns_udp, dns_tcp) =
-        bind_dns(config.dns_listen)
-            .await
-            .map_err(|source| GatewayError::Bind {
-                what: "DNS (--dns-listen)",
-                address: config.dns_listen.to_string(),
-                source,
-            })?;
+    let (dns_udp, dns_tcp) = bind_dns(config.dns_listen, config.dns_reuse_port)
+        .await
+        .map_err(|source| GatewayError::Bind {
+            what: "DNS (--dns-listen)",
+            address: config.dns_listen.to_string(),
+            source,
+        })?;
     let grpc = Listener::bind(&config.grpc_listen)
         .await
         .map_err(|e| GatewayError::Config(format!("--grpc-listen: {e}")))?;

@@ -9,9 +9,11 @@ use dnsfence_resolver_gateway::{Config, bind, run};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    dnsfence_telemetry::init(config.log_format)?;
+    let telemetry = dnsfence_telemetry::init(config.log_format)?;
     config.validate().map_err(anyhow::Error::msg)?;
     let listeners = bind(&config).await?;
-    run(config, listeners, dnsfence_telemetry::shutdown_signal()).await?;
-    Ok(())
+    let result = run(config, listeners, dnsfence_telemetry::shutdown_signal()).await;
+    // the spans of the last queries still go out
+    telemetry.shutdown().await;
+    Ok(result?)
 }

@@ -1,14 +1,26 @@
 //! The gateway's own metrics (the resolve module registers its cache and upstream metrics
-//! into the same registry). Names are listed in the service README.
+//! into the same registry). Names, labels and units are in the root README's "Metrics"
+//! table; label values are snake_case, the same words the decision log uses.
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+/// A label value written as its snake_case name.
+macro_rules! snake_label {
+    ($t:ty) => {
+        impl EncodeLabelValue for $t {
+            fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+                std::fmt::Write::write_str(encoder, self.as_str())
+            }
+        }
+    };
+}
+
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum QueryVerdict {
     /// Allowed by the pod's allowlist and answered.
     Allowed,
@@ -28,6 +40,22 @@ pub enum QueryVerdict {
     UpstreamFailure,
 }
 
+impl QueryVerdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueryVerdict::Allowed => "allowed",
+            QueryVerdict::Denied => "denied",
+            QueryVerdict::SearchExpansion => "search_expansion",
+            QueryVerdict::Cluster => "cluster",
+            QueryVerdict::UnknownSource => "unknown_source",
+            QueryVerdict::NotReady => "not_ready",
+            QueryVerdict::Invalid => "invalid",
+            QueryVerdict::UpstreamFailure => "upstream_failure",
+        }
+    }
+}
+snake_label!(QueryVerdict);
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct QueryLabels {
     pub verdict: QueryVerdict,
@@ -36,18 +64,28 @@ pub struct QueryLabels {
     pub transport: Transport,
 }
 
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum Transport {
     Udp,
     Tcp,
 }
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+        }
+    }
+}
+snake_label!(Transport);
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: AckFailure,
 }
 
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum AckFailure {
     /// The enforcer did not ack within --grant-ack-timeout.
     Timeout,
@@ -56,6 +94,17 @@ pub enum AckFailure {
     /// The subscriber's stream broke or its queue was full.
     Disconnected,
 }
+
+impl AckFailure {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AckFailure::Timeout => "timeout",
+            AckFailure::NoSubscriber => "no_subscriber",
+            AckFailure::Disconnected => "disconnected",
+        }
+    }
+}
+snake_label!(AckFailure);
 
 #[derive(Debug, Clone)]
 pub struct GatewayMetrics {
@@ -70,6 +119,8 @@ pub struct GatewayMetrics {
     pub malformed_packets: Counter,
     pub pods: Gauge,
     pub store_revision: Gauge,
+    pub decision_log_lines: Counter,
+    pub decision_log_lines_dropped: Counter,
 }
 
 impl GatewayMetrics {
@@ -86,7 +137,10 @@ impl GatewayMetrics {
             malformed_packets: Counter::default(),
             pods: Gauge::default(),
             store_revision: Gauge::default(),
+            decision_log_lines: Counter::default(),
+            decision_log_lines_dropped: Counter::default(),
         };
+        // Counters get their `_total` suffix from prometheus-client.
         let r = registry;
         r.register(
             "dnsfence_gateway_queries",
@@ -104,8 +158,8 @@ impl GatewayMetrics {
             m.grant_ack_latency.clone(),
         );
         r.register(
-            "dnsfence_gateway_grant_ack_timeouts",
-            "Answers sent without an enforcer ack, by reason",
+            "dnsfence_gateway_grant_ack_failures",
+            "Answers sent (or SERVFAILed) without an enforcer ack, by reason",
             m.grant_ack_failures.clone(),
         );
         r.register(
@@ -142,6 +196,16 @@ impl GatewayMetrics {
             "dnsfence_gateway_store_revision",
             "Last store revision applied",
             m.store_revision.clone(),
+        );
+        r.register(
+            "dnsfence_gateway_decision_log_lines",
+            "DNS decision-log lines written",
+            m.decision_log_lines.clone(),
+        );
+        r.register(
+            "dnsfence_gateway_decision_log_lines_dropped",
+            "DNS decision-log lines left out by the --decision-log-rate limit (or a failed write)",
+            m.decision_log_lines_dropped.clone(),
         );
         m
     }

@@ -59,7 +59,7 @@ async fn seed_policy_allows_github_and_refuses_npmjs_with_an_extended_error() {
         metric(
             &metrics,
             "dnsfence_gateway_queries_total",
-            &["verdict=\"Denied\""]
+            &["verdict=\"denied\""]
         ) >= 1.0,
         "{metrics}"
     );
@@ -202,7 +202,7 @@ async fn cluster_domain_names_are_forwarded_unfiltered_and_without_grants() {
         metric(
             &metrics,
             "dnsfence_gateway_queries_total",
-            &["verdict=\"Cluster\""]
+            &["verdict=\"cluster\""]
         ) >= 1.0
     );
 }
@@ -431,7 +431,7 @@ async fn remembered_denials_answer_only_pods_of_the_same_allowlist() {
         metric(
             &metrics,
             "dnsfence_gateway_queries_total",
-            &["verdict=\"Denied\""]
+            &["verdict=\"denied\""]
         ),
         3.0,
         "{metrics}"

@@ -94,8 +94,8 @@ async fn without_an_ack_the_answer_goes_out_after_the_timeout_and_is_counted() {
     assert_eq!(
         metric(
             &metrics,
-            "dnsfence_gateway_grant_ack_timeouts_total",
-            &["reason=\"Timeout\""]
+            "dnsfence_gateway_grant_ack_failures_total",
+            &["reason=\"timeout\""]
         ),
         1.0,
         "{metrics}"
@@ -115,8 +115,8 @@ async fn without_an_ack_the_answer_goes_out_after_the_timeout_and_is_counted() {
     assert_eq!(
         metric(
             &metrics,
-            "dnsfence_gateway_grant_ack_timeouts_total",
-            &["reason=\"NoSubscriber\""]
+            "dnsfence_gateway_grant_ack_failures_total",
+            &["reason=\"no_subscriber\""]
         ),
         1.0
     );

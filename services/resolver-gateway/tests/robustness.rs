@@ -159,7 +159,7 @@ async fn a_dead_upstream_is_skipped_and_with_none_left_the_answer_is_servfail() 
         metric(
             &metrics,
             "dnsfence_gateway_queries_total",
-            &["verdict=\"UpstreamFailure\""]
+            &["verdict=\"upstream_failure\""]
         ) >= 1.0,
         "{metrics}"
     );

@@ -1,9 +1,8 @@
-//! Test scaffolding for the privileged datapath tests: a Calico-style routed world built
-//! from network namespaces (pods ─ node ─ internet), echo servers, and helpers that run
+//! Test scaffolding for the privileged datapath tests: the lab's Calico-style routed world
+//! (pods ─ node ─ internet, `dnsfence_lab::topology`), echo servers, and helpers that run
 //! a closure inside a namespace on its own thread (`setns` is per thread).
 //!
-//! Namespaces and links are created with `ip` (scaffolding only; the enforcer itself uses
-//! netlink) and removed by [`Topology`]'s `Drop`, even when a test panics.
+//! The namespaces are removed by [`Topology`]'s `Drop`, even when a test panics.
 
 #![allow(dead_code)]
 
@@ -21,6 +20,9 @@ use std::{
     time::Duration,
 };
 
+pub mod world;
+
+use dnsfence_lab::topology as lab_topology;
 use nix::sched::{CloneFlags, setns};
 
 /// How long a connect or a reply may take before it counts as blocked.
@@ -76,7 +78,9 @@ pub fn enter_ns(ns: &str) {
     setns(&file, CloneFlags::CLONE_NEWNET).expect("setns");
 }
 
-/// The world: node, two pods, internet. Names carry a unique suffix.
+/// The world: the lab's node and internet (`dnsfence_lab::topology`, the same code `lab up`
+/// runs) with two pods of its own, and extra internet addresses (a web server, a second
+/// resolver). Names carry a unique suffix; dropping it removes the namespaces and pins.
 pub struct Topology {
     pub node: String,
     pub pod1: String,
@@ -84,6 +88,7 @@ pub struct Topology {
     pub inet: String,
     /// Per-test bpffs pin directory (removed on drop).
     pub pin_dir: PathBuf,
+    world: lab_topology::Topology,
 }
 
 pub const POD1_V4: &str = "192.0.2.10";
@@ -92,8 +97,9 @@ pub const POD2_V4: &str = "192.0.2.11";
 pub const POD2_V6: &str = "2001:db8:1::11";
 pub const WEB_V4: &str = "203.0.113.80";
 pub const WEB_V6: &str = "2001:db8:2::80";
-pub const GW_V4: &str = "203.0.113.53";
-pub const GW_V6: &str = "2001:db8:2::53";
+/// The lab's authority address stands in for a gateway.
+pub const GW_V4: &str = lab_topology::AUTHORITY;
+pub const GW_V6: &str = lab_topology::AUTHORITY_V6;
 pub const OTHER_DNS_V4: &str = "203.0.113.54";
 pub const OTHER_DNS_V6: &str = "2001:db8:2::54";
 
@@ -108,198 +114,39 @@ pub fn sa(addr: &str, port: u16) -> SocketAddr {
 impl Topology {
     pub fn new(tag: &str) -> Self {
         static N: AtomicUsize = AtomicUsize::new(0);
-        let suffix = format!(
-            "{}-{}-{}",
+        let prefix = format!(
+            "dft-{}-{}-{}",
             tag,
             std::process::id(),
             N.fetch_add(1, Ordering::SeqCst)
         );
-        let t = Self {
-            node: format!("dfn-{suffix}"),
-            pod1: format!("dfp1-{suffix}"),
-            pod2: format!("dfp2-{suffix}"),
-            inet: format!("dfi-{suffix}"),
-            pin_dir: PathBuf::from(format!("/sys/fs/bpf/dnsfence-test-{suffix}")),
+        let pod = |short: &str, v4: &str, v6: &str| lab_topology::PodNet {
+            workload: format!("default/{short}"),
+            labels: Vec::new(),
+            netns: format!("{prefix}-{short}"),
+            veth: format!("v{short}"),
+            v4: v4.into(),
+            v6: Some(v6.into()),
         };
-        for ns in [&t.node, &t.pod1, &t.pod2, &t.inet] {
-            run(&["ip", "netns", "add", ns]);
-            run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-            // no duplicate address detection: tentative link-local addresses delay the
-            // first IPv6 packets by a second or two
-            run(&[
-                "ip",
-                "netns",
-                "exec",
-                ns,
-                "sysctl",
-                "-qw",
-                "net.ipv6.conf.all.accept_dad=0",
-                "net.ipv6.conf.default.accept_dad=0",
-            ]);
-        }
-        let node = t.node.as_str();
-        run(&[
-            "ip", "-n", node, "link", "add", "vpod1", "type", "veth", "peer", "name", "eth0",
-            "netns", &t.pod1,
-        ]);
-        run(&[
-            "ip", "-n", node, "link", "add", "vpod2", "type", "veth", "peer", "name", "eth0",
-            "netns", &t.pod2,
-        ]);
-        run(&[
-            "ip", "-n", node, "link", "add", "vinet", "type", "veth", "peer", "name", "eth0",
-            "netns", &t.inet,
-        ]);
-        run(&[
-            "ip",
-            "netns",
-            "exec",
-            node,
-            "sysctl",
-            "-qw",
-            "net.ipv4.ip_forward=1",
-            "net.ipv6.conf.all.forwarding=1",
-            "net.ipv4.conf.all.rp_filter=0",
-            "net.ipv4.conf.default.rp_filter=0",
-            "net.ipv4.conf.vpod1.rp_filter=0",
-            "net.ipv4.conf.vpod2.rp_filter=0",
-            "net.ipv4.conf.vpod1.proxy_arp=1",
-            "net.ipv4.conf.vpod2.proxy_arp=1",
-            // answer proxy ARP at once, not after up to 0.8 s (Calico does the same)
-            "net.ipv4.neigh.vpod1.proxy_delay=0",
-            "net.ipv4.neigh.vpod2.proxy_delay=0",
-        ]);
-        for (pod, veth, v4, v6) in [
-            (&t.pod1, "vpod1", POD1_V4, POD1_V6),
-            (&t.pod2, "vpod2", POD2_V4, POD2_V6),
-        ] {
-            let pod = pod.as_str();
-            run(&["ip", "-n", pod, "link", "set", "eth0", "up"]);
+        let world = lab_topology::Topology::plan(
+            &prefix,
+            vec![pod("pod1", POD1_V4, POD1_V6), pod("pod2", POD2_V4, POD2_V6)],
+        );
+        let t = Self {
+            node: world.node.clone(),
+            pod1: world.pods[0].netns.clone(),
+            pod2: world.pods[1].netns.clone(),
+            inet: world.inet.clone(),
+            pin_dir: PathBuf::from(format!("/sys/fs/bpf/dnsfence-test-{prefix}")),
+            world,
+        };
+        // `t` exists first: its Drop removes a half-built world
+        t.world.create().expect("building the namespaces");
+        for a in [WEB_V4, OTHER_DNS_V4] {
             run(&[
                 "ip",
                 "-n",
-                pod,
-                "addr",
-                "add",
-                &format!("{v4}/32"),
-                "dev",
-                "eth0",
-            ]);
-            run(&[
-                "ip",
-                "-n",
-                pod,
-                "-6",
-                "addr",
-                "add",
-                &format!("{v6}/128"),
-                "dev",
-                "eth0",
-                "nodad",
-            ]);
-            run(&[
-                "ip",
-                "-n",
-                pod,
-                "route",
-                "add",
-                "169.254.1.1",
-                "dev",
-                "eth0",
-                "scope",
-                "link",
-            ]);
-            run(&[
-                "ip",
-                "-n",
-                pod,
-                "route",
-                "add",
-                "default",
-                "via",
-                "169.254.1.1",
-                "dev",
-                "eth0",
-            ]);
-            run(&[
-                "ip", "-n", pod, "-6", "route", "add", "default", "via", "fe80::1", "dev", "eth0",
-            ]);
-            run(&["ip", "-n", node, "link", "set", veth, "up"]);
-            run(&[
-                "ip",
-                "-n",
-                node,
-                "-6",
-                "addr",
-                "add",
-                "fe80::1/64",
-                "dev",
-                veth,
-                "nodad",
-            ]);
-            run(&[
-                "ip",
-                "-n",
-                node,
-                "route",
-                "add",
-                &format!("{v4}/32"),
-                "dev",
-                veth,
-            ]);
-            run(&[
-                "ip",
-                "-n",
-                node,
-                "-6",
-                "route",
-                "add",
-                &format!("{v6}/128"),
-                "dev",
-                veth,
-            ]);
-        }
-        run(&["ip", "-n", node, "link", "set", "vinet", "up"]);
-        run(&[
-            "ip",
-            "-n",
-            node,
-            "addr",
-            "add",
-            "203.0.113.1/24",
-            "dev",
-            "vinet",
-        ]);
-        run(&[
-            "ip",
-            "-n",
-            node,
-            "-6",
-            "addr",
-            "add",
-            "2001:db8:2::1/64",
-            "dev",
-            "vinet",
-            "nodad",
-        ]);
-        // a default route makes proxy_arp answer for the pods' 169.254.1.1 next hop
-        run(&[
-            "ip",
-            "-n",
-            node,
-            "route",
-            "add",
-            "default",
-            "via",
-            "203.0.113.2",
-        ]);
-        let inet = t.inet.as_str();
-        run(&["ip", "-n", inet, "link", "set", "eth0", "up"]);
-        for a in ["203.0.113.2", WEB_V4, GW_V4, OTHER_DNS_V4] {
-            run(&[
-                "ip",
-                "-n",
-                inet,
+                &t.inet,
                 "addr",
                 "add",
                 &format!("{a}/24"),
@@ -307,11 +154,11 @@ impl Topology {
                 "eth0",
             ]);
         }
-        for a in ["2001:db8:2::2", WEB_V6, GW_V6, OTHER_DNS_V6] {
+        for a in [WEB_V6, OTHER_DNS_V6] {
             run(&[
                 "ip",
                 "-n",
-                inet,
+                &t.inet,
                 "-6",
                 "addr",
                 "add",
@@ -321,27 +168,6 @@ impl Topology {
                 "nodad",
             ]);
         }
-        run(&[
-            "ip",
-            "-n",
-            inet,
-            "route",
-            "add",
-            "192.0.2.0/24",
-            "via",
-            "203.0.113.1",
-        ]);
-        run(&[
-            "ip",
-            "-n",
-            inet,
-            "-6",
-            "route",
-            "add",
-            "2001:db8:1::/64",
-            "via",
-            "2001:db8:2::1",
-        ]);
         t
     }
 
@@ -353,9 +179,7 @@ impl Topology {
 
 impl Drop for Topology {
     fn drop(&mut self) {
-        for ns in [&self.pod1, &self.pod2, &self.inet, &self.node] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
+        self.world.remove();
         let _ = std::fs::remove_dir_all(&self.pin_dir);
     }
 }

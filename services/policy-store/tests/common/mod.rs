@@ -69,8 +69,17 @@ pub struct InProcess {
 impl InProcess {
     /// Opens (replaying) the store in `data_dir` and serves it.
     pub async fn start(data_dir: &Path, extra: &[&str]) -> anyhow::Result<InProcess> {
+        InProcess::start_at(data_dir, extra, "127.0.0.1:0".parse()?).await
+    }
+
+    /// Like `start`, on a given address (to restart a store where its clients expect it).
+    pub async fn start_at(
+        data_dir: &Path,
+        extra: &[&str],
+        address: SocketAddr,
+    ) -> anyhow::Result<InProcess> {
         let config = config(data_dir, extra);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let listener = tokio::net::TcpListener::bind(address).await?;
         let addr = listener.local_addr()?;
         let store = Store::open(config.clone()).await?;
         let (shutdown, stop) = oneshot::channel::<()>();

@@ -9,7 +9,9 @@ use std::time::Duration;
 use dnsfence_api::tail::{DerivedState, TailUpdate};
 use dnsfence_policy::allowlist::{Allowlist, DefaultPolicy};
 use dnsfence_policy::model::{Binding, WorkloadBinding, WorkloadKey};
-use dnsfence_resolver_gateway::config::{AckTimeoutAction, DeniedRcode, UnknownSource};
+use dnsfence_resolver_gateway::config::{
+    AckTimeoutAction, DecisionLogs, DeniedRcode, UnknownSource,
+};
 use dnsfence_resolver_gateway::grants::GrantHub;
 use dnsfence_resolver_gateway::handler::{Gateway, Settings};
 use dnsfence_resolver_gateway::identity::Identities;
@@ -72,6 +74,9 @@ fn world() -> &'static World {
                 ack_timeout_action: AckTimeoutAction::Answer,
                 max_udp_payload: 1232,
                 answer_cache_size: 1000,
+                // the fuzzer's denials would flood stdout
+                decision_logs: DecisionLogs::None,
+                decision_log_rate: 0,
             };
             let hub = GrantHub::new(Arc::clone(&metrics));
             Arc::new(Gateway::new(

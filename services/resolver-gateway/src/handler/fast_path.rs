@@ -64,11 +64,16 @@ impl Gateway {
     /// for a pod of the same allowlist. `None`: take
     /// [`Gateway::handle`].
     pub fn answer_now(&self, raw: &[u8], src: SocketAddr, transport: Transport) -> Option<Vec<u8>> {
+        // A traced query gets its span in `handle` (which tries the caches just the same).
+        if self.traced(raw, src) {
+            return None;
+        }
         let started = Instant::now();
         let query = parse_plain_query(raw)?;
         match self.fast_step(raw, &query, src.ip(), transport, started) {
             FastStep::Answer(bytes, verdict) => {
                 self.count(verdict, RecordType::from(query.qtype), transport, started);
+                self.log_decision(raw, src, transport, verdict, Some(&bytes));
                 Some(bytes)
             }
             FastStep::Grant { .. } | FastStep::Miss => None,
@@ -168,9 +173,6 @@ impl Gateway {
         let Some(denial) = self.denials.get(key, pod.allowlist.as_ref(), now) else {
             return FastStep::Miss;
         };
-        if denial.verdict == QueryVerdict::Denied {
-            self.log_denied(&pod, &denial.name, &denial.reason);
-        }
         FastStep::Answer(denial.answer(raw, query), denial.verdict)
     }
 

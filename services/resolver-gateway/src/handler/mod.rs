@@ -13,9 +13,10 @@ use dnsfence_policy::allowlist::{Allowlist, DefaultPolicy, Destination};
 use dnsfence_policy::domain::normalize_name;
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::{DNSClass, RData, Record, RecordType};
-use tracing::{debug, info, instrument, warn};
+use tracing::{Instrument, debug, instrument, warn};
 
 mod fast_path;
+mod observe;
 mod response;
 
 use fast_path::grant_source;
@@ -24,12 +25,11 @@ use response::{
     type_label, udp_limit,
 };
 
-use crate::config::{AckTimeoutAction, Config, DeniedRcode, UnknownSource};
+use crate::config::{AckTimeoutAction, Config, DecisionLogs, DeniedRcode, UnknownSource};
 use crate::fast::{AnswerCache, AnswerKey, CachedAnswer, Denial, DenialCache};
 use crate::grants::{Delivery, GrantHub};
 use crate::identity::{Identities, Lookup, PodIdentity};
 use crate::metrics::{GatewayMetrics, QueryLabels, QueryVerdict, ReasonLabels, Transport};
-use crate::ratelimit::LogLimiter;
 use crate::resolve::Resolver;
 use crate::wire::{PlainQuery, parse_plain_query};
 
@@ -51,6 +51,8 @@ pub struct Settings {
     pub ack_timeout_action: AckTimeoutAction,
     pub max_udp_payload: u16,
     pub answer_cache_size: usize,
+    pub decision_logs: DecisionLogs,
+    pub decision_log_rate: u32,
 }
 
 impl Settings {
@@ -66,6 +68,8 @@ impl Settings {
             ack_timeout_action: config.ack_timeout_action,
             max_udp_payload: config.max_udp_payload,
             answer_cache_size: config.cache_size,
+            decision_logs: config.decision_logs,
+            decision_log_rate: config.decision_log_rate,
         }
     }
 }
@@ -80,7 +84,8 @@ pub struct Gateway {
     pub metrics: Arc<GatewayMetrics>,
     answers: AnswerCache,
     denials: DenialCache,
-    denied_log: LogLimiter,
+    /// The DNS decision log (`--decision-logs`), JSON lines on stdout.
+    decision_log: dnsfence_telemetry::jsonlog::LineLog,
 }
 
 /// What the query path decided, before encoding.
@@ -108,6 +113,11 @@ impl Gateway {
         hub: Arc<GrantHub>,
         metrics: Arc<GatewayMetrics>,
     ) -> Gateway {
+        let decision_log = dnsfence_telemetry::jsonlog::LineLog::stdout(
+            settings.decision_log_rate,
+            metrics.decision_log_lines.clone(),
+            metrics.decision_log_lines_dropped.clone(),
+        );
         Gateway {
             answers: AnswerCache::new(settings.answer_cache_size),
             denials: DenialCache::new(settings.answer_cache_size),
@@ -117,17 +127,39 @@ impl Gateway {
             cluster_resolver,
             hub,
             metrics,
-            denied_log: LogLimiter::new(20),
+            decision_log,
         }
     }
 
     /// Answers one raw query. `None`: nothing to send (not a query at all, or a response).
+    ///
+    /// A sampled query ([`Gateway::traced`]) runs inside its own trace span ("DNS query"),
+    /// described once the answer is known.
     pub async fn handle(
         &self,
         raw: &[u8],
         src: SocketAddr,
         transport: Transport,
     ) -> Option<Vec<u8>> {
+        if !self.traced(raw, src) {
+            return self.handle_query(raw, src, transport).await.0;
+        }
+        let span = Self::query_span(src, transport);
+        let (bytes, verdict) = self
+            .handle_query(raw, src, transport)
+            .instrument(span.clone())
+            .await;
+        self.describe_span(&span, raw, src, verdict, bytes.as_deref());
+        bytes
+    }
+
+    /// The answer and the verdict (`None`: a packet that is no query).
+    async fn handle_query(
+        &self,
+        raw: &[u8],
+        src: SocketAddr,
+        transport: Transport,
+    ) -> (Option<Vec<u8>>, Option<QueryVerdict>) {
         let started = Instant::now();
         let plain = parse_plain_query(raw);
         if let Some(plain) = &plain
@@ -136,19 +168,20 @@ impl Gateway {
         {
             let qtype = RecordType::from(plain.qtype);
             self.count(verdict, qtype, transport, started);
-            return Some(bytes);
+            self.log_decision(raw, src, transport, verdict, Some(&bytes));
+            return (Some(bytes), Some(verdict));
         }
         let query = match Message::from_vec(raw) {
             Ok(m) => m,
             Err(error) => {
                 self.metrics.malformed_packets.inc();
                 debug!(%src, %error, "malformed query");
-                return format_error_from_header(raw);
+                return (format_error_from_header(raw), Some(QueryVerdict::Invalid));
             }
         };
         if query.metadata.message_type == MessageType::Response {
             self.metrics.malformed_packets.inc();
-            return None;
+            return (None, None);
         }
         let qtype = query
             .queries
@@ -171,7 +204,8 @@ impl Gateway {
             self.denials.insert(&key, note.allowlist, denial);
         }
         self.count(answer.verdict, qtype, transport, started);
-        bytes
+        self.log_decision(raw, src, transport, answer.verdict, bytes.as_deref());
+        (bytes, Some(answer.verdict))
     }
 
     fn count(
@@ -260,7 +294,7 @@ impl Gateway {
         let decision = allowlist.decide_name(&name, self.settings.default_policy);
         if !decision.is_allowed() {
             let reason = decision.rest.to_string();
-            let mut answer = self.deny(query, &pod, allowlist, &name, &reason);
+            let mut answer = self.deny(query, allowlist, &name, &reason);
             answer.denial = Some(DenialNote {
                 allowlist: pod.allowlist.clone(),
                 name,
@@ -382,14 +416,7 @@ impl Gateway {
         }
     }
 
-    fn deny(
-        &self,
-        query: &Message,
-        pod: &PodIdentity,
-        allowlist: &Allowlist,
-        name: &str,
-        reason: &str,
-    ) -> Answer {
+    fn deny(&self, query: &Message, allowlist: &Allowlist, name: &str, reason: &str) -> Answer {
         // musl stops walking the search list at the first REFUSED: an allowed name with a
         // search suffix appended must look like a name that does not exist.
         let expansion_of = search_expansion_of(allowlist, name, self.settings.default_policy);
@@ -404,9 +431,6 @@ impl Gateway {
             ),
             (None, DeniedRcode::Refused) => (ResponseCode::Refused, QueryVerdict::Denied),
         };
-        if verdict == QueryVerdict::Denied {
-            self.log_denied(pod, name, reason);
-        }
         let mut a = plain(query, rcode, verdict);
         let text = match expansion_of {
             Some(bare) => format!("{name} is a search-list expansion of {bare}; {reason}"),
@@ -414,21 +438,6 @@ impl Gateway {
         };
         add_ede(&mut a.message, EDE_BLOCKED, &text);
         a
-    }
-
-    /// One log line per denied query, at most 20 a second (with a count of the rest).
-    fn log_denied(&self, pod: &PodIdentity, name: &str, reason: &str) {
-        if self.denied_log.allow() {
-            let allowlist = pod.allowlist.as_ref().map(|a| a.id().to_string());
-            info!(
-                pod = %pod.workload(),
-                name,
-                allowlist = allowlist.as_deref().unwrap_or("none"),
-                reason,
-                suppressed = self.denied_log.take_suppressed(),
-                "denied"
-            );
-        }
     }
 
     fn grants_for(
