@@ -113,6 +113,31 @@ pub(crate) fn done(started: Instant) {
     println!("done ({:.1}s)", started.elapsed().as_secs_f64());
 }
 
+/// Builds `packages` of this workspace into the target directory that holds `bin_dir`, in
+/// the same profile (`release` when `bin_dir` is one): what the privileged tests run, built
+/// once before they start so they never run stale binaries. Returns how long it took.
+pub fn build_binaries(bin_dir: &Path, packages: &[&str]) -> anyhow::Result<Duration> {
+    let target = bin_dir
+        .parent()
+        .with_context(|| format!("{} has no target directory", bin_dir.display()))?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))
+        .env("CARGO_TARGET_DIR", target)
+        .args(["build", "-q"]);
+    for p in packages {
+        cmd.args(["-p", p]);
+    }
+    if bin_dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    let started = Instant::now();
+    if !cmd.status().context("running cargo build")?.success() {
+        bail!("building {} failed", packages.join(", "));
+    }
+    Ok(started.elapsed())
+}
+
 /// The seed NodeClass: (networkPolicy, networkPolicyEventLogs == Enabled).
 pub fn node_class(seed_dir: &Path) -> (String, bool) {
     let text = std::fs::read_to_string(seed_dir.join("my-nodeclass.yaml")).unwrap_or_default();

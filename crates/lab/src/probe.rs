@@ -57,13 +57,23 @@ pub fn dns_query(name: &str, qtype: RecordType) -> Option<Vec<u8>> {
 
 /// Sends a query over UDP from the calling thread's namespace.
 pub fn query_here(server: SocketAddr, name: &str, qtype: RecordType) -> Option<Message> {
+    query_within(server, name, qtype, DNS_TIMEOUT)
+}
+
+/// [`query_here`], waiting at most `wait` for the answer (`None` without one).
+pub fn query_within(
+    server: SocketAddr,
+    name: &str,
+    qtype: RecordType,
+    wait: Duration,
+) -> Option<Message> {
     let bind: SocketAddr = if server.is_ipv4() {
         SocketAddr::from(([0, 0, 0, 0], 0))
     } else {
         SocketAddr::from(([0u16; 8], 0))
     };
     let s = UdpSocket::bind(bind).ok()?;
-    s.set_read_timeout(Some(DNS_TIMEOUT)).ok()?;
+    s.set_read_timeout(Some(wait)).ok()?;
     s.send_to(&dns_query(name, qtype)?, server).ok()?;
     let mut buf = vec![0u8; 65535];
     let (n, _) = s.recv_from(&mut buf).ok()?;

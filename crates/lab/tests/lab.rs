@@ -37,30 +37,18 @@ fn bins() -> PathBuf {
     let me = std::env::current_exe().unwrap();
     // target/<profile>/deps/lab-HASH
     let dir = me.parent().unwrap().parent().unwrap().to_path_buf();
-    let target = dir.parent().unwrap().to_path_buf();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))
-        .env("CARGO_TARGET_DIR", &target)
-        .args(["build", "-q"]);
-    for p in [
-        "dnsfence-cli",
-        "dnsfence-policy-store",
-        "dnsfence-resolver-gateway",
-        "dnsfence-node-enforcer",
-        "dnsfence-test-authority",
-    ] {
-        cmd.args(["-p", p]);
-    }
-    if dir.file_name().is_some_and(|n| n == "release") {
-        cmd.arg("--release");
-    }
-    let started = Instant::now();
-    assert!(
-        cmd.status().unwrap().success(),
-        "building the binaries failed"
-    );
-    println!("built the binaries in {:?}", started.elapsed());
+    let took = dnsfence_lab::build_binaries(
+        &dir,
+        &[
+            "dnsfence-cli",
+            "dnsfence-policy-store",
+            "dnsfence-resolver-gateway",
+            "dnsfence-node-enforcer",
+            "dnsfence-test-authority",
+        ],
+    )
+    .unwrap();
+    println!("built the binaries in {took:?}");
     dir
 }
 

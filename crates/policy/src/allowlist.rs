@@ -102,6 +102,23 @@ pub enum Cause {
     Default(DefaultPolicy),
 }
 
+impl Cause {
+    /// The policy behind the verdict, as logs name it: the rule's policy, or the isolating
+    /// policies comma-separated; `None` when the node default decided.
+    pub fn policies(&self) -> Option<String> {
+        match self {
+            Cause::Rule { origin, .. } => Some(origin.policy.to_string()),
+            Cause::Isolation { by } => Some(
+                by.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ),
+            Cause::Default(_) => None,
+        }
+    }
+}
+
 impl fmt::Display for Cause {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

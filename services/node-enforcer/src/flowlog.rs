@@ -59,22 +59,11 @@ fn cause(
         protocol.map(|p| (p, port)),
         directory.default,
     );
-    match decision.cause {
-        Cause::Rule { origin, .. } => (
-            Some(origin.policy.to_string()),
-            Some(format!("egress[{}]", origin.rule_index)),
-        ),
-        Cause::Isolation { by } => (
-            Some(
-                by.iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            ),
-            None,
-        ),
-        Cause::Default(_) => (None, None),
-    }
+    let rule = match &decision.cause {
+        Cause::Rule { origin, .. } => Some(format!("egress[{}]", origin.rule_index)),
+        _ => None,
+    };
+    (decision.cause.policies(), rule)
 }
 
 /// The flow-log line for `event`, naming the pod, its allowlist and the policy behind the

@@ -15,15 +15,15 @@
 mod support;
 
 use std::{
-    net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
+    net::{IpAddr, SocketAddr, TcpStream},
     path::PathBuf,
-    sync::atomic::{AtomicUsize, Ordering},
     thread,
     time::{Duration, Instant},
 };
 
 use dnsfence_lab::{
     Spec, metric_value,
+    probe::{addresses, query_within},
     topology::{
         self as lab_topology, API_GITHUB, AUTHORITY, AUTHORITY_V6, CLUSTER_DNS, GITHUB, GITHUB_V6,
         NPMJS, NPMJS_V6, PodNet,
@@ -31,8 +31,8 @@ use dnsfence_lab::{
 };
 use dnsfence_node_enforcer::{Datapath, Hook, netlink};
 use hickory_proto::{
-    op::{Message, Query, ResponseCode},
-    rr::{Name, RData, RecordType},
+    op::{Message, ResponseCode},
+    rr::RecordType,
 };
 use nix::sys::signal::Signal;
 use support::world::{TestWorld, seed, unique_prefix};
@@ -131,38 +131,8 @@ fn wait_until(what: &str, timeout: Duration, f: impl FnMut() -> bool) {
 
 // ---- DNS and TCP from a pod ----
 
-fn dns_message(name: &str, qtype: RecordType) -> Vec<u8> {
-    let mut m = Message::query();
-    m.metadata.recursion_desired = true;
-    m.metadata.id = rand_id();
-    m.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
-    m.to_vec().unwrap()
-}
-
-fn rand_id() -> u16 {
-    static N: AtomicUsize = AtomicUsize::new(1);
-    (N.fetch_add(7919, Ordering::Relaxed) % 65_521) as u16
-}
-
-/// Sends a query over UDP from the calling thread's namespace; `None` without an answer
-/// within `wait`.
-fn query_type_here(
-    server: SocketAddr,
-    name: &str,
-    qtype: RecordType,
-    wait: Duration,
-) -> Option<Message> {
-    let bind = if server.is_ipv4() { "0.0.0.0" } else { "::" };
-    let s = UdpSocket::bind(sa(bind, 0)).ok()?;
-    s.set_read_timeout(Some(wait)).ok()?;
-    s.send_to(&dns_message(name, qtype), server).ok()?;
-    let mut buf = vec![0u8; 4096];
-    let (n, _) = s.recv_from(&mut buf).ok()?;
-    Message::from_vec(&buf[..n]).ok()
-}
-
 fn query_here(server: SocketAddr, name: &str, wait: Duration) -> Option<Message> {
-    query_type_here(server, name, RecordType::A, wait)
+    query_within(server, name, RecordType::A, wait)
 }
 
 fn query_type(
@@ -174,24 +144,13 @@ fn query_type(
 ) -> Option<Message> {
     let server = sa(server, 53);
     let name = name.to_string();
-    in_ns(ns, move || query_type_here(server, &name, qtype, wait))
+    in_ns(ns, move || query_within(server, &name, qtype, wait))
 }
 
 fn query(ns: &str, server: &str, name: &str, wait: Duration) -> Option<Message> {
     let server = sa(server, 53);
     let name = name.to_string();
     in_ns(ns, move || query_here(server, &name, wait))
-}
-
-fn addresses(m: &Message) -> Vec<IpAddr> {
-    m.answers
-        .iter()
-        .filter_map(|r| match &r.data {
-            RData::A(a) => Some(IpAddr::V4(a.0)),
-            RData::AAAA(a) => Some(IpAddr::V6(a.0)),
-            _ => None,
-        })
-        .collect()
 }
 
 /// Resolves `name` through `gateway` from `ns` and expects an answer with addresses.

@@ -4,13 +4,11 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::Command,
     sync::{
         OnceLock,
         atomic::{AtomicUsize, Ordering},
     },
     thread,
-    time::Instant,
 };
 
 use dnsfence_lab::{ENFORCER_METRICS, Lab, Spec, World, gateway_metrics};
@@ -29,30 +27,18 @@ pub fn bin_dir() -> &'static Path {
     BINS.get_or_init(|| {
         let me = PathBuf::from(env!("CARGO_BIN_EXE_dnsfence-node-enforcer"));
         let dir = me.parent().expect("binary directory").to_path_buf();
-        let target = dir.parent().expect("target directory").to_path_buf();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))
-            .env("CARGO_TARGET_DIR", &target)
-            .args(["build", "-q"]);
-        for p in [
-            "dnsfence-policy-store",
-            "dnsfence-resolver-gateway",
-            "dnsfence-cli",
-            "dnsfence-test-authority",
-        ] {
-            cmd.args(["-p", p]);
-        }
-        if dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        let started = Instant::now();
         // Stale binaries would test old code: a failed build fails the test.
-        assert!(
-            cmd.status().expect("running cargo build").success(),
-            "building the service binaries failed"
-        );
-        println!("built the service binaries in {:?}", started.elapsed());
+        let took = dnsfence_lab::build_binaries(
+            &dir,
+            &[
+                "dnsfence-policy-store",
+                "dnsfence-resolver-gateway",
+                "dnsfence-cli",
+                "dnsfence-test-authority",
+            ],
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
+        println!("built the service binaries in {took:?}");
         for n in [
             "dnsfence-policy-store",
             "dnsfence-resolver-gateway",

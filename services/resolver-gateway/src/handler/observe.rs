@@ -60,19 +60,11 @@ fn cause_of(
     {
         return (Some(origin.policy.to_string()), Some(rule_ref(origin)));
     }
-    match &decision.rest {
-        Cause::Rule { origin, .. } => (Some(origin.policy.to_string()), Some(rule_ref(origin))),
-        Cause::Isolation { by } => (
-            Some(
-                by.iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            ),
-            None,
-        ),
-        Cause::Default(_) => (None, None),
-    }
+    let rule = match &decision.rest {
+        Cause::Rule { origin, .. } => Some(rule_ref(origin)),
+        _ => None,
+    };
+    (decision.rest.policies(), rule)
 }
 
 /// The RFC 1035/6895 mnemonic (`NOERROR`, `NXDOMAIN`), as DNS tools print it.
