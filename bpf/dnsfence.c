@@ -87,6 +87,40 @@ struct {
 	__uint(max_entries, DF_EVENTS_BYTES);
 } events SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct df_clock);
+} clock_cache SEC(".maps");
+
+/* ---- clocks ------------------------------------------------------------ */
+
+/* CLOCK_BOOTTIME, exact: grant expiries, events, the event rate limit. */
+static __always_inline __u64 now_exact(void)
+{
+	return bpf_ktime_get_boot_ns();
+}
+
+/* CLOCK_BOOTTIME as read at most one jiffy ago on this CPU: conntrack's idle
+ * timestamps (timeouts of minutes, refresh once a second). bpf_jiffies64 is inlined
+ * by the verifier (a load), bpf_ktime_get_boot_ns is a call that reads the clock
+ * source, so established packets skip it until the tick moves on. */
+static __always_inline __u64 now_coarse(void)
+{
+	__u32 zero = 0;
+	struct df_clock *c = bpf_map_lookup_elem(&clock_cache, &zero);
+	__u64 j = bpf_jiffies64();
+
+	if (!c)
+		return bpf_ktime_get_boot_ns();
+	if (c->jiffies != j || !c->boot_ns) {
+		c->boot_ns = bpf_ktime_get_boot_ns();
+		c->jiffies = j;
+	}
+	return c->boot_ns;
+}
+
 /* ---- accounting -------------------------------------------------------- */
 
 static __always_inline void count(__u32 reason, __u32 len)
@@ -169,16 +203,20 @@ static __always_inline __u64 ct_timeout(__u8 proto)
 	return proto == IPPROTO_TCP ? DF_CT_TIMEOUT_TCP_NS : DF_CT_TIMEOUT_OTHER_NS;
 }
 
-/* Returns the live entry for key, refreshing it; NULL if absent or idle. */
+/* Returns the live entry for key, refreshing it; NULL if absent or idle. The idle time
+ * is signed: another CPU may have stamped the entry after this CPU read its (coarse)
+ * clock, and such an entry is live (unsigned, it would look idle for centuries). */
 static __always_inline struct df_ct_value *ct_find(const struct df_ct_key *k, __u64 now)
 {
 	struct df_ct_value *v = bpf_map_lookup_elem(&conntrack, k);
+	__s64 idle;
 
 	if (!v)
 		return 0;
-	if (now - v->last_seen_ns > ct_timeout(k->proto))
+	idle = (__s64)(now - v->last_seen_ns);
+	if (idle > (__s64)ct_timeout(k->proto))
 		return 0;
-	if (now - v->last_seen_ns > DF_CT_REFRESH_NS)
+	if (idle > (__s64)DF_CT_REFRESH_NS)
 		v->last_seen_ns = now;
 	return v;
 }
@@ -344,31 +382,34 @@ static __always_inline int is_v6_link_local(const struct pkt *p)
 
 /* ---- programs ---------------------------------------------------------- */
 
-/* Verdict for a packet of a known, not-allow-mode pod. Returns a DF_R_*. */
+/* Verdict for a packet of a known, not-allow-mode pod. Returns a DF_R_*. Conntrack
+ * uses ct_now (now_coarse); the rules read the exact clock into *now, which stays 0 when
+ * a tracked flow decided. */
 static __always_inline __u32 decide(struct __sk_buff *skb, const struct pkt *p,
-				    const struct df_pod_value *pod, __u64 now)
+				    const struct df_pod_value *pod, __u64 ct_now, __u64 *now)
 {
 	struct df_ct_key k;
 	__u16 port;
 
 	if (p->frag == FRAG_LATER) {
 		ct_key_egress(&k, p, 0);
-		if (ct_usable(ct_find(&k, now), pod->mode))
+		if (ct_usable(ct_find(&k, ct_now), pod->mode))
 			return DF_R_FRAGMENT;
 		return DF_R_FRAG_UNTRACKED;
 	}
 	ct_key_egress(&k, p, 1);
-	if (ct_usable(ct_find(&k, now), pod->mode))
+	if (ct_usable(ct_find(&k, ct_now), pod->mode))
 		return DF_R_CT_ESTABLISHED;
-	if (is_icmp(p->proto) && icmp_error_related(skb, p, pod->mode, now))
+	if (is_icmp(p->proto) && icmp_error_related(skb, p, pod->mode, ct_now))
 		return DF_R_CT_RELATED;
 	if (is_dns_to_gateway(p))
 		return DF_R_DNS_GATEWAY;
+	*now = now_exact();
 	/* policy ports apply to port-carrying protocols; others match port 0 */
 	port = (p->l4_ok && !is_icmp(p->proto)) ? bpf_ntohs(p->dport) : 0;
-	if (grant_allows(p, port, now))
+	if (grant_allows(p, port, *now))
 		return DF_R_GRANT;
-	if (cidr_allows(p, pod->policy_id, port, now))
+	if (cidr_allows(p, pod->policy_id, port, *now))
 		return DF_R_CIDR;
 	return DF_R_DEFAULT_DENY;
 }
@@ -377,10 +418,9 @@ SEC("classifier")
 int pod_egress(struct __sk_buff *skb)
 {
 	struct pkt p;
-	struct df_pod_key pk;
 	struct df_pod_value *pod;
 	struct df_ct_key k;
-	__u64 now;
+	__u64 now = 0, ct_now;
 	__u32 reason;
 	__u32 len = skb->len;
 	int pass;
@@ -407,16 +447,15 @@ int pod_egress(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	}
 
-	now = bpf_ktime_get_boot_ns();
-	__builtin_memcpy(pk.addr, p.src, 16);
-	pod = bpf_map_lookup_elem(&pods, &pk);
+	/* p.src is laid out as a df_pod_key */
+	pod = bpf_map_lookup_elem(&pods, p.src);
 	if (!pod || pod->ifindex != skb->ifindex) {
 		__u8 ifkey[16] = {0xff, 0xff, 0xff, 0xfe};
 
 		__builtin_memcpy(ifkey + 4, &skb->ifindex, 4);
 		count(DF_R_SPOOFED, len);
 		emit(skb, &p, ifkey, p.src, p.dst, p.sport, p.dport, DF_VERDICT_DROP, DF_R_SPOOFED,
-		     DF_DIR_EGRESS, 0, now);
+		     DF_DIR_EGRESS, 0, now_exact());
 		return TC_ACT_SHOT;
 	}
 	if (pod->mode == DF_MODE_ALLOW) {
@@ -424,8 +463,11 @@ int pod_egress(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	}
 
-	reason = decide(skb, &p, pod, now);
+	ct_now = now_coarse();
+	reason = decide(skb, &p, pod, ct_now, &now);
 	pass = reason < DF_R_DEFAULT_DENY;
+	if (!pass && !now)
+		now = now_exact();
 	if (!pass && pod->mode == DF_MODE_AUDIT) {
 		/* log the would-be drop as the reason, pass it as audit */
 		count(DF_R_AUDIT, len);
@@ -433,7 +475,7 @@ int pod_egress(struct __sk_buff *skb)
 		     DF_DIR_EGRESS, pod->policy_id, now);
 		if (p.frag != FRAG_LATER) {
 			ct_key_egress(&k, &p, 1);
-			ct_put(&k, DF_CT_OUTBOUND | DF_CT_AUDIT, now);
+			ct_put(&k, DF_CT_OUTBOUND | DF_CT_AUDIT, ct_now);
 		}
 		return TC_ACT_OK;
 	}
@@ -445,12 +487,12 @@ int pod_egress(struct __sk_buff *skb)
 	}
 	if (reason == DF_R_GRANT || reason == DF_R_CIDR) {
 		ct_key_egress(&k, &p, 1);
-		ct_put(&k, DF_CT_OUTBOUND, now);
+		ct_put(&k, DF_CT_OUTBOUND, ct_now);
 	}
 	/* the first fragment of an allowed datagram admits the later ones */
 	if (p.frag == FRAG_FIRST && reason != DF_R_DNS_GATEWAY) {
 		ct_key_egress(&k, &p, 0);
-		ct_put(&k, DF_CT_OUTBOUND | DF_CT_FRAG, now);
+		ct_put(&k, DF_CT_OUTBOUND | DF_CT_FRAG, ct_now);
 	}
 	return TC_ACT_OK;
 }
@@ -459,10 +501,9 @@ SEC("classifier")
 int pod_ingress(struct __sk_buff *skb)
 {
 	struct pkt p;
-	struct df_pod_key pk;
 	struct df_pod_value *pod;
 	struct df_ct_key k;
-	__u64 now;
+	__u64 ct_now;
 	int create;
 
 	count(DF_R_INGRESS, skb->len);
@@ -471,12 +512,12 @@ int pod_ingress(struct __sk_buff *skb)
 	__builtin_memset(&p, 0, sizeof(p));
 	if (parse(skb, &p) || p.frag == FRAG_LATER)
 		return TC_ACT_OK;
-	__builtin_memcpy(pk.addr, p.dst, 16);
-	pod = bpf_map_lookup_elem(&pods, &pk);
+	/* p.dst is laid out as a df_pod_key */
+	pod = bpf_map_lookup_elem(&pods, p.dst);
 	if (!pod || pod->ifindex != skb->ifindex || pod->mode == DF_MODE_ALLOW)
 		return TC_ACT_OK;
 
-	now = bpf_ktime_get_boot_ns();
+	ct_now = now_coarse();
 	/* the pod's orientation: pod = destination here */
 	__builtin_memcpy(k.pod, p.dst, 16);
 	__builtin_memcpy(k.peer, p.src, 16);
@@ -484,7 +525,7 @@ int pod_ingress(struct __sk_buff *skb)
 	k.peer_port = p.sport;
 	k.proto = p.proto;
 	__builtin_memset(k._pad, 0, sizeof(k._pad));
-	if (ct_find(&k, now))
+	if (ct_find(&k, ct_now))
 		return TC_ACT_OK;
 
 	/* Only what opens a connection to the pod creates an entry: a TCP SYN,
@@ -503,6 +544,6 @@ int pod_ingress(struct __sk_buff *skb)
 		create = 1;
 	}
 	if (create)
-		ct_put(&k, DF_CT_INBOUND, now);
+		ct_put(&k, DF_CT_INBOUND, ct_now);
 	return TC_ACT_OK;
 }

@@ -188,6 +188,13 @@ struct df_event {
 	__u32 policy_id;
 };
 
+/* clock_cache: per-CPU cache of CLOCK_BOOTTIME, re-read when jiffies moves on (conntrack
+ * timestamps only; see now_coarse in dnsfence.c). Not read by userspace. */
+struct df_clock {
+	__u64 jiffies; /* bpf_jiffies64() when boot_ns was read */
+	__u64 boot_ns; /* CLOCK_BOOTTIME; 0 = not read yet */
+};
+
 /* ---- layout assertions (mirrored in maps.rs) --------------------------- */
 
 #define DF_ASSERT_SIZE(t, n) _Static_assert(sizeof(t) == (n), "size of " #t)
@@ -220,6 +227,8 @@ DF_ASSERT_SIZE(struct df_ct_value, 16);
 DF_ASSERT_OFF(struct df_ct_value, flags, 8);
 DF_ASSERT_SIZE(struct df_counter, 16);
 DF_ASSERT_SIZE(struct df_event_limit, 16);
+DF_ASSERT_SIZE(struct df_clock, 16);
+DF_ASSERT_OFF(struct df_clock, boot_ns, 8);
 DF_ASSERT_SIZE(struct df_event, 56);
 DF_ASSERT_OFF(struct df_event, pod, 8);
 DF_ASSERT_OFF(struct df_event, peer, 24);

@@ -1,9 +1,16 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * dnsfence datapath: packet parsing shared by both programs. Every read goes through
- * bpf_skb_load_bytes (offsets relative to the Ethernet header, which tc programs see at
- * both hooks), so variable-length IPv4 options and IPv6 extension headers need no
- * packet-pointer bookkeeping for the verifier.
+ * dnsfence datapath: packet parsing shared by both programs. Offsets are relative to the
+ * Ethernet header, which tc programs see at skb->data at both hooks.
+ *
+ * The common case (IPv4 without options, or IPv6 straight to TCP/UDP/UDP-Lite/SCTP/ICMPv6,
+ * not a later fragment, with the network header and 14 bytes of L4 header in the linear
+ * data) is read with direct packet access (parse_fast). Everything else (IPv4 options,
+ * IPv6 extension headers, later fragments, headers in paged data, truncated packets) goes
+ * through bpf_skb_load_bytes (parse_slow), so variable-length headers need no
+ * packet-pointer bookkeeping for the verifier. Both produce the same struct pkt for a
+ * packet the fast path accepts (it leaves everything else untouched to the slow path,
+ * which also decides every "malformed"), and the L4 decoding is shared (decode_l4).
  */
 #ifndef DNSFENCE_PARSE_H
 #define DNSFENCE_PARSE_H
@@ -76,15 +83,13 @@ static __always_inline int is_icmp(__u8 proto)
 	return proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6_;
 }
 
-/* Reads ports (or ICMP type and echo identifier) at p->l4_off. */
-static __always_inline int parse_l4(struct __sk_buff *skb, struct pkt *p)
+/* Decodes ports (or ICMP type and echo identifier) from h, which holds at least
+ * the bytes of the L4 header parse_l4 loads for p->proto (14 for TCP, 4 for UDP,
+ * UDP-Lite and SCTP, 8 for ICMP/ICMPv6), on the stack or in the packet. */
+static __always_inline void decode_l4(struct pkt *p, const __u8 *h)
 {
-	__u8 h[14];
-
 	switch (p->proto) {
 	case IPPROTO_TCP:
-		if (bpf_skb_load_bytes(skb, p->l4_off, h, 14))
-			return -1;
 		__builtin_memcpy(&p->sport, h, 2);
 		__builtin_memcpy(&p->dport, h + 2, 2);
 		p->tcp_flags = h[13];
@@ -92,15 +97,11 @@ static __always_inline int parse_l4(struct __sk_buff *skb, struct pkt *p)
 	case IPPROTO_UDP:
 	case IPPROTO_SCTP_:
 	case IPPROTO_UDPLITE_:
-		if (bpf_skb_load_bytes(skb, p->l4_off, h, 4))
-			return -1;
 		__builtin_memcpy(&p->sport, h, 2);
 		__builtin_memcpy(&p->dport, h + 2, 2);
 		break;
 	case IPPROTO_ICMP:
 	case IPPROTO_ICMPV6_:
-		if (bpf_skb_load_bytes(skb, p->l4_off, h, 8))
-			return -1;
 		p->icmp_type = h[0];
 		/* echo request/reply: the identifier is both "ports", so the two
 		 * directions of a ping normalise to the same conntrack key */
@@ -111,9 +112,36 @@ static __always_inline int parse_l4(struct __sk_buff *skb, struct pkt *p)
 		}
 		break;
 	default:
-		return 0; /* no ports: tracked with ports 0 */
+		return; /* no ports: tracked with ports 0 */
 	}
 	p->l4_ok = 1;
+}
+
+/* Reads ports (or ICMP type and echo identifier) at p->l4_off. */
+static __always_inline int parse_l4(struct __sk_buff *skb, struct pkt *p)
+{
+	__u8 h[14];
+
+	switch (p->proto) {
+	case IPPROTO_TCP:
+		if (bpf_skb_load_bytes(skb, p->l4_off, h, 14))
+			return -1;
+		break;
+	case IPPROTO_UDP:
+	case IPPROTO_SCTP_:
+	case IPPROTO_UDPLITE_:
+		if (bpf_skb_load_bytes(skb, p->l4_off, h, 4))
+			return -1;
+		break;
+	case IPPROTO_ICMP:
+	case IPPROTO_ICMPV6_:
+		if (bpf_skb_load_bytes(skb, p->l4_off, h, 8))
+			return -1;
+		break;
+	default:
+		return 0; /* no ports: tracked with ports 0 */
+	}
+	decode_l4(p, h);
 	return 0;
 }
 
@@ -210,11 +238,72 @@ done:
 }
 
 /* 0 = parsed; -1 = malformed/truncated. */
-static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
+static __always_inline int parse_slow(struct __sk_buff *skb, struct pkt *p)
 {
 	if (skb->protocol == bpf_htons(ETH_P_IP))
 		return parse_v4(skb, p);
 	return parse_v6(skb, p);
+}
+
+/* Direct packet access for the common case. 1 = parsed (exactly as parse_slow would);
+ * 0 = not the common case, p untouched: use parse_slow. Reads DF_FAST_L4 bytes of L4
+ * header whatever the protocol needs (at most 14), so a short datagram whose
+ * frame ends before that takes the slow path, which gives the same result. */
+#define DF_FAST_L4 14
+static __always_inline int parse_fast(struct __sk_buff *skb, struct pkt *p)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = data + ETH_HLEN;
+		__u8 *l4 = (__u8 *)(ip + 1);
+
+		if ((void *)(l4 + DF_FAST_L4) > end)
+			return 0;
+		/* version 4, ihl 5; later fragments (no L4 header) take the slow path */
+		if (*(__u8 *)ip != 0x45 || (ip->frag_off & bpf_htons(0x1fff)))
+			return 0;
+		map_v4(p->src, ip->saddr);
+		map_v4(p->dst, ip->daddr);
+		p->proto = ip->protocol;
+		p->hop_limit = ip->ttl;
+		if (ip->frag_off & bpf_htons(0x2000))
+			p->frag = FRAG_FIRST;
+		p->l4_off = ETH_HLEN + sizeof(struct iphdr);
+		decode_l4(p, l4);
+		return 1;
+	}
+	{
+		struct ipv6hdr *ip6 = data + ETH_HLEN;
+		__u8 *l4 = (__u8 *)(ip6 + 1);
+		__u8 nh;
+
+		if ((void *)(l4 + DF_FAST_L4) > end)
+			return 0;
+		nh = ip6->nexthdr;
+		/* extension headers and "no next header" take the slow path */
+		if (ip6->version != 6 ||
+		    (nh != IPPROTO_TCP && nh != IPPROTO_UDP && nh != IPPROTO_ICMPV6_ &&
+		     nh != IPPROTO_SCTP_ && nh != IPPROTO_UDPLITE_))
+			return 0;
+		__builtin_memcpy(p->src, &ip6->saddr, 16);
+		__builtin_memcpy(p->dst, &ip6->daddr, 16);
+		p->is_v6 = 1;
+		p->hop_limit = ip6->hop_limit;
+		p->proto = nh;
+		p->l4_off = ETH_HLEN + sizeof(struct ipv6hdr);
+		decode_l4(p, l4);
+		return 1;
+	}
+}
+
+/* 0 = parsed; -1 = malformed/truncated. skb->protocol is IPv4 or IPv6. */
+static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
+{
+	if (parse_fast(skb, p))
+		return 0;
+	return parse_slow(skb, p);
 }
 
 #endif /* DNSFENCE_PARSE_H */

@@ -11,6 +11,7 @@ use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 
 use sha2::{Digest, Sha256};
+use smallvec::SmallVec;
 
 use crate::domain::DomainTrie;
 use crate::model::{
@@ -258,8 +259,9 @@ impl Allowlist {
 
     /// Indices of the rules that can match `dest`, in order. Names go through the trie, so the
     /// cost is O(labels + matching rules), not O(rules).
-    fn candidates(&self, dest: Destination<'_>) -> Vec<usize> {
-        let mut out: Vec<usize> = self.unconditional.iter().map(|&i| i as usize).collect();
+    fn candidates(&self, dest: Destination<'_>) -> SmallVec<[usize; 8]> {
+        let mut out: SmallVec<[usize; 8]> =
+            self.unconditional.iter().map(|&i| i as usize).collect();
         let (name, address) = match dest {
             Destination::Name(n) => (Some(n), None),
             Destination::Address(a) => (None, Some(a)),
@@ -347,6 +349,13 @@ impl Allowlist {
     /// The ports on which `name` may be reached, as far as rules about names and every
     /// destination can tell; the DNS decision. What a resolved address may be granted is
     /// [`Allowlist::allowed_ports`] of [`Destination::Resolved`], which CIDR rules narrow too.
+    /// True when no rule of the allowlist names addresses (CIDRs): then
+    /// `allowed_ports(Destination::Resolved(name, ip))` is `allowed_ports(Destination::Name(name))`
+    /// for every `ip`, and a caller with many addresses of one name can evaluate once.
+    pub fn is_address_independent(&self) -> bool {
+        self.with_cidrs.is_empty()
+    }
+
     pub fn decide_name(&self, name: &str, default: DefaultPolicy) -> NameDecision {
         self.allowed_ports(Destination::Name(name), default)
     }

@@ -124,7 +124,7 @@ pub struct DomainTrie<T> {
 
 #[derive(Debug, Clone)]
 struct Node<T> {
-    children: HashMap<Box<str>, Node<T>>,
+    children: HashMap<Box<str>, Node<T>, foldhash::fast::RandomState>,
     /// Values whose pattern is exactly the name ending here.
     exact: Vec<T>,
     /// Values whose pattern is `*.` + the name ending here.
@@ -134,7 +134,7 @@ struct Node<T> {
 impl<T> Default for Node<T> {
     fn default() -> Self {
         Node {
-            children: HashMap::new(),
+            children: HashMap::default(),
             exact: Vec::new(),
             wildcard: Vec::new(),
         }

@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use smallvec::{SmallVec, smallvec};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Protocol {
     Tcp,
@@ -137,9 +139,13 @@ impl std::str::FromStr for PortRange {
 /// ports), kept as sorted disjoint ranges per protocol.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PortSet {
-    ranges: [Vec<(u16, u16)>; 3],
+    ranges: [Ranges; 3],
     other_protocols: bool,
 }
+
+/// Rules name a handful of ports: kept inline, the set operations the gateway runs per query
+/// allocate nothing.
+type Ranges = SmallVec<[(u16, u16); 4]>;
 
 impl PortSet {
     pub fn empty() -> PortSet {
@@ -149,9 +155,9 @@ impl PortSet {
     pub fn everything() -> PortSet {
         PortSet {
             ranges: [
-                vec![(1, u16::MAX)],
-                vec![(1, u16::MAX)],
-                vec![(1, u16::MAX)],
+                smallvec![(1, u16::MAX)],
+                smallvec![(1, u16::MAX)],
+                smallvec![(1, u16::MAX)],
             ],
             other_protocols: true,
         }
@@ -170,7 +176,7 @@ impl PortSet {
     }
 
     pub fn is_empty(&self) -> bool {
-        !self.other_protocols && self.ranges.iter().all(Vec::is_empty)
+        !self.other_protocols && self.ranges.iter().all(SmallVec::is_empty)
     }
 
     pub fn other_protocols(&self) -> bool {
@@ -221,7 +227,7 @@ impl PortSet {
         for i in 0..3 {
             let mut pieces = self.ranges[i].clone();
             for &(c, d) in &other.ranges[i] {
-                let mut next = Vec::with_capacity(pieces.len() + 1);
+                let mut next = Ranges::new();
                 for (a, b) in pieces {
                     if d < a || c > b {
                         next.push((a, b));
@@ -275,16 +281,20 @@ impl fmt::Display for PortSet {
     }
 }
 
-fn normalize(list: &mut Vec<(u16, u16)>) {
+/// Sorts and merges overlapping or adjacent ranges, in place.
+fn normalize(list: &mut Ranges) {
     list.sort_unstable();
-    let mut merged: Vec<(u16, u16)> = Vec::with_capacity(list.len());
-    for &(s, e) in list.iter() {
-        match merged.last_mut() {
-            Some(last) if u32::from(s) <= u32::from(last.1) + 1 => last.1 = last.1.max(e),
-            _ => merged.push((s, e)),
+    let mut kept = 0;
+    for i in 0..list.len() {
+        let (s, e) = list[i];
+        if kept > 0 && u32::from(s) <= u32::from(list[kept - 1].1) + 1 {
+            list[kept - 1].1 = list[kept - 1].1.max(e);
+        } else {
+            list[kept] = (s, e);
+            kept += 1;
         }
     }
-    *list = merged;
+    list.truncate(kept);
 }
 
 #[cfg(test)]

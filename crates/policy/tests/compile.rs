@@ -341,6 +341,40 @@ spec:
             .decide_name("example.com", DefaultPolicy::DefaultDeny)
             .is_allowed()
     );
+    // A rule with networks: the address matters, so callers may not evaluate the name once.
+    assert!(!list.is_address_independent());
+    let by_name = list.decide_name("mail.example.com", DefaultPolicy::DefaultDeny);
+    assert_ne!(by_name.allowed, d.allowed);
+
+    let mut names_only = compiled(
+        r#"
+apiVersion: networking.k8s.aws/v1alpha1
+kind: ClusterNetworkPolicy
+metadata: {name: names}
+spec:
+  tier: Admin
+  priority: 1
+  subject: {namespaces: {}}
+  egress:
+  - {action: Accept, to: [{domainNames: ["*.example.com"]}], ports: [{portRange: {protocol: TCP, start: 1, end: 1024}}]}
+"#,
+    );
+    add(&mut names_only, pod("default", "app", &[], "192.0.2.10"));
+    let id = match &names_only.binding(&key("default", "app")).unwrap().binding {
+        Binding::Enforced(id) => id.clone(),
+        Binding::Unenforced => panic!("enforced"),
+    };
+    let list = names_only.allowlist(&id).unwrap();
+    assert!(list.is_address_independent());
+    assert_eq!(
+        list.allowed_ports(
+            Destination::Resolved("mail.example.com", address),
+            DefaultPolicy::DefaultDeny
+        )
+        .allowed,
+        list.decide_name("mail.example.com", DefaultPolicy::DefaultDeny)
+            .allowed
+    );
 }
 
 #[test]

@@ -39,7 +39,7 @@ struct MapSpec {
 }
 
 /// Every map of `bpf/dnsfence.c`, all pinned.
-const MAPS: [MapSpec; 8] = [
+const MAPS: [MapSpec; 9] = [
     MapSpec {
         name: "pods",
         key: 16,
@@ -79,6 +79,13 @@ const MAPS: [MapSpec; 8] = [
         name: "events",
         key: 0,
         value: 0,
+    },
+    // added with the coarse conntrack clock: a pin directory from an older build lacks it, and
+    // open() creates it; an older build ignores it (see bpf/README.md)
+    MapSpec {
+        name: "clock_cache",
+        key: 4,
+        value: 16,
     },
 ];
 

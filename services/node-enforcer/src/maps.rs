@@ -158,6 +158,17 @@ pub struct EventLimit {
     pub tokens: u64,
 }
 
+/// `clock_cache` value (per CPU): CLOCK_BOOTTIME as last read, and the jiffies value at
+/// that read. Only the programs use it (conntrack timestamps).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ClockCache {
+    /// `bpf_jiffies64()` when `boot_ns` was read.
+    pub jiffies: u64,
+    /// CLOCK_BOOTTIME; 0 = not read yet.
+    pub boot_ns: u64,
+}
+
 /// `events` ring-buffer record.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -197,6 +208,7 @@ unsafe impl aya::Pod for CtKey {}
 unsafe impl aya::Pod for CtValue {}
 unsafe impl aya::Pod for Counter {}
 unsafe impl aya::Pod for EventLimit {}
+unsafe impl aya::Pod for ClockCache {}
 
 // ---- layout assertions: the same numbers as the header's _Static_asserts ----
 const _: () = assert!(size_of::<PodKey>() == 16);
@@ -226,6 +238,8 @@ const _: () = assert!(size_of::<CtValue>() == 16);
 const _: () = assert!(offset_of!(CtValue, flags) == 8);
 const _: () = assert!(size_of::<Counter>() == 16);
 const _: () = assert!(size_of::<EventLimit>() == 16);
+const _: () = assert!(size_of::<ClockCache>() == 16);
+const _: () = assert!(offset_of!(ClockCache, boot_ns) == 8);
 const _: () = assert!(size_of::<RawEvent>() == 56);
 const _: () = assert!(offset_of!(RawEvent, pod) == 8);
 const _: () = assert!(offset_of!(RawEvent, peer) == 24);

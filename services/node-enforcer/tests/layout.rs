@@ -75,6 +75,11 @@ fn rust_layouts() -> BTreeMap<&'static str, (usize, BTreeMap<&'static str, usize
     add("df_counter", size_of::<Counter>(), &[]);
     add("df_event_limit", size_of::<EventLimit>(), &[]);
     add(
+        "df_clock",
+        size_of::<ClockCache>(),
+        &[("boot_ns", offset_of!(ClockCache, boot_ns))],
+    );
+    add(
         "df_event",
         size_of::<RawEvent>(),
         &[

@@ -21,7 +21,7 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
-use crate::handler::Gateway;
+use crate::handler::{Gateway, Now};
 use crate::metrics::Transport;
 
 /// Largest datagram read; bigger ones are truncated by the kernel and fail to parse.
@@ -57,16 +57,20 @@ pub async fn serve_udp(
                 };
                 // Cache hits whose grants the enforcer already holds are answered right here:
                 // no copy of the packet, no task.
-                if let Some(answer) = gateway.answer_now(&buf[..len], src, Transport::Udp) {
-                    send(&socket, &answer, src).await;
-                    continue;
-                }
+                let now = match gateway.answer_now(&buf[..len], src, Transport::Udp) {
+                    Now::Answer(answer) => {
+                        send(&socket, &answer, src).await;
+                        continue;
+                    }
+                    later => later,
+                };
                 let packet = buf[..len].to_vec();
                 let gateway_for_query = Arc::clone(&gateway);
                 let socket_for_answer = Arc::clone(&socket);
                 let mut query = Box::pin(async move {
-                    if let Some(answer) =
-                        gateway_for_query.handle(&packet, src, Transport::Udp).await
+                    if let Some(answer) = gateway_for_query
+                        .handle_later(&packet, src, Transport::Udp, now)
+                        .await
                     {
                         send(&socket_for_answer, &answer, src).await;
                     }

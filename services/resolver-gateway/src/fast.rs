@@ -9,7 +9,6 @@
 //! are immutable and content-addressed, so that memo cannot go stale), and a hit answers at
 //! once only if the pod's enforcer already holds those grants.
 
-use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -18,6 +17,7 @@ use std::time::{Duration, Instant};
 use dnsfence_policy::allowlist::Allowlist;
 use dnsfence_policy::ports::PortRange;
 
+use crate::fifo::FifoMap;
 use crate::wire::{self, PlainQuery};
 
 const SHARDS: usize = 16;
@@ -203,22 +203,22 @@ fn stamp(out: &mut [u8], raw: &[u8], query: &PlainQuery) {
     }
 }
 
-type Shard = HashMap<Box<[u8]>, Arc<CachedAnswer>, foldhash::fast::RandomState>;
+type Shard = FifoMap<Arc<[u8]>, Arc<CachedAnswer>, foldhash::fast::RandomState>;
 
-/// Sharded, bounded map of encoded answers; a full shard drops an expired entry if it meets
-/// one among a few, else an arbitrary one.
+/// Sharded, bounded map of encoded answers; a full shard drops its oldest insertion.
 #[derive(Debug)]
 pub struct AnswerCache {
     shards: Vec<Mutex<Shard>>,
-    per_shard: usize,
     hasher: foldhash::fast::RandomState,
 }
 
 impl AnswerCache {
     pub fn new(max_entries: usize) -> AnswerCache {
+        let per_shard = max_entries.div_ceil(SHARDS);
         AnswerCache {
-            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
-            per_shard: max_entries.div_ceil(SHARDS),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(Shard::new(per_shard)))
+                .collect(),
             hasher: foldhash::fast::RandomState::default(),
         }
     }
@@ -240,24 +240,8 @@ impl AnswerCache {
     }
 
     pub fn insert(&self, key: &AnswerKey, answer: CachedAnswer) {
-        if self.per_shard == 0 {
-            return;
-        }
-        let now = Instant::now();
         let key = key.as_slice();
-        let mut shard = self.shard(key);
-        if shard.len() >= self.per_shard && !shard.contains_key(key) {
-            let victim = shard
-                .iter()
-                .take(8)
-                .find(|(_, a)| !a.is_fresh(now))
-                .or_else(|| shard.iter().next())
-                .map(|(k, _)| k.clone());
-            if let Some(victim) = victim {
-                shard.remove(&victim);
-            }
-        }
-        shard.insert(key.into(), Arc::new(answer));
+        self.shard(key).insert(key.into(), Arc::new(answer));
     }
 }
 
@@ -305,24 +289,23 @@ impl Denial {
 }
 
 type DenialShard =
-    HashMap<Box<[u8]>, Vec<(Option<Arc<Allowlist>>, Arc<Denial>)>, foldhash::fast::RandomState>;
+    FifoMap<Arc<[u8]>, Vec<(Option<Arc<Allowlist>>, Arc<Denial>)>, foldhash::fast::RandomState>;
 
 /// Denials by question and allowlist (`None`: pods no policy selects), bounded like
 /// [`AnswerCache`].
 #[derive(Debug)]
 pub struct DenialCache {
     shards: Vec<Mutex<DenialShard>>,
-    per_shard: usize,
     hasher: foldhash::fast::RandomState,
 }
 
 impl DenialCache {
     pub fn new(max_entries: usize) -> DenialCache {
+        let per_shard = max_entries.div_ceil(SHARDS);
         DenialCache {
             shards: (0..SHARDS)
-                .map(|_| Mutex::new(DenialShard::default()))
+                .map(|_| Mutex::new(DenialShard::new(per_shard)))
                 .collect(),
-            per_shard: max_entries.div_ceil(SHARDS),
             hasher: foldhash::fast::RandomState::default(),
         }
     }
@@ -350,19 +333,13 @@ impl DenialCache {
     }
 
     pub fn insert(&self, key: &AnswerKey, allowlist: Option<Arc<Allowlist>>, denial: Denial) {
-        if self.per_shard == 0 {
-            return;
-        }
         let now = Instant::now();
         let key = key.as_slice();
         let mut shard = self.shard(key);
-        if shard.len() >= self.per_shard && !shard.contains_key(key) {
-            let victim = shard.keys().next().cloned();
-            if let Some(victim) = victim {
-                shard.remove(&victim);
-            }
-        }
-        let entries = shard.entry(key.into()).or_default();
+        let Some(entries) = shard.get_mut(key) else {
+            shard.insert(key.into(), vec![(allowlist, Arc::new(denial))]);
+            return;
+        };
         entries.retain(|(a, d)| {
             !same_allowlist(a.as_ref(), allowlist.as_ref())
                 && now.saturating_duration_since(d.stored) < DENIAL_LIFETIME
@@ -379,5 +356,72 @@ fn same_allowlist(a: Option<&Arc<Allowlist>>, b: Option<&Arc<Allowlist>>) -> boo
         (Some(a), Some(b)) => Arc::ptr_eq(a, b),
         (None, None) => true,
         _ => false,
+    }
+}
+
+/// Cache admission: an answer is stored on the second query for its question seen within a
+/// while, not the first. Under a cache-busting load (every name asked once) storing costs a
+/// copy, an insertion and an eviction per query for entries nobody reads; names asked again
+/// (the ones a cache is for) get in on their second miss. One fingerprint per slot, no locks:
+/// a collision only admits a name one query early or late.
+#[derive(Debug)]
+pub struct Doorkeeper {
+    slots: Box<[std::sync::atomic::AtomicU32]>,
+    hasher: foldhash::fast::RandomState,
+}
+
+impl Doorkeeper {
+    /// About `remembered` questions (rounded up to a power of two, at least 65,536).
+    pub fn new(remembered: usize) -> Doorkeeper {
+        let n = remembered.max(1 << 16).next_power_of_two();
+        Doorkeeper {
+            slots: (0..n)
+                .map(|_| std::sync::atomic::AtomicU32::new(0))
+                .collect(),
+            hasher: foldhash::fast::RandomState::default(),
+        }
+    }
+
+    /// True if `key` was seen since its slot was last taken by another question; marks it
+    /// seen either way.
+    pub fn asked_before(&self, key: &AnswerKey) -> bool {
+        use std::sync::atomic::Ordering;
+        let hash = self.hasher.hash_one(key.as_slice());
+        let slot = &self.slots[(hash as usize) & (self.slots.len() - 1)];
+        let fingerprint = ((hash >> 32) as u32) | 1;
+        if slot.load(Ordering::Relaxed) == fingerprint {
+            return true;
+        }
+        slot.store(fingerprint, Ordering::Relaxed);
+        false
+    }
+}
+
+#[cfg(test)]
+mod doorkeeper_tests {
+    use super::*;
+    use crate::wire::parse_plain_query;
+
+    fn key(name: &str) -> AnswerKey {
+        let mut raw = vec![0, 1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+        for label in name.split('.') {
+            raw.push(label.len() as u8);
+            raw.extend_from_slice(label.as_bytes());
+        }
+        raw.extend_from_slice(&[0, 0, 1, 0, 1]);
+        let q = parse_plain_query(&raw).unwrap_or_else(|| panic!("query for {name}"));
+        AnswerKey::of(&raw, &q).unwrap_or_else(|| panic!("key for {name}"))
+    }
+
+    #[test]
+    fn a_question_is_admitted_on_its_second_ask() {
+        let d = Doorkeeper::new(0);
+        assert!(!d.asked_before(&key("a.test")));
+        assert!(d.asked_before(&key("A.Test")), "case-insensitive");
+        assert!(!d.asked_before(&key("b.test")));
+        let admitted = (0..1000)
+            .filter(|i| d.asked_before(&key(&format!("n{i}.test"))))
+            .count();
+        assert!(admitted < 5, "first asks are not admitted ({admitted})");
     }
 }

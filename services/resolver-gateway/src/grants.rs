@@ -8,6 +8,8 @@
 //! a new subscription (an enforcer restart) starts with nothing remembered.
 
 use std::collections::{BTreeMap, HashMap};
+
+use foldhash::fast::RandomState as Seeded;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -73,8 +75,8 @@ struct Subscription {
     node: String,
     tx: mpsc::Sender<Result<pb::GrantBatch, Status>>,
     next_seq: AtomicU64,
-    pending: Mutex<HashMap<u64, PendingBatch>>,
-    held: Mutex<HashMap<(IpAddr, IpAddr), Held>>,
+    pending: Mutex<HashMap<u64, PendingBatch, Seeded>>,
+    held: Mutex<HashMap<(IpAddr, IpAddr), Held, Seeded>>,
     /// Size of `held` at which expired entries are pruned next: twice what was left after
     /// the last pruning (at least [`PRUNE_FROM`]), so pruning costs O(1) per grant amortised
     /// instead of a full scan per batch once the map is big.
@@ -183,7 +185,7 @@ fn held_lifetime(held: &Held, wanted: &[PortRange], now: Instant) -> Option<Dura
 /// Subscriptions by node, shared by the gRPC service and the query path.
 #[derive(Debug)]
 pub struct GrantHub {
-    by_node: RwLock<HashMap<String, Vec<Arc<Subscription>>>>,
+    by_node: RwLock<HashMap<String, Vec<Arc<Subscription>>, Seeded>>,
     next_id: AtomicU64,
     metrics: Arc<GatewayMetrics>,
 }
@@ -191,7 +193,7 @@ pub struct GrantHub {
 impl GrantHub {
     pub fn new(metrics: Arc<GatewayMetrics>) -> Arc<GrantHub> {
         Arc::new(GrantHub {
-            by_node: RwLock::new(HashMap::new()),
+            by_node: RwLock::new(HashMap::default()),
             next_id: AtomicU64::new(1),
             metrics,
         })
@@ -376,8 +378,8 @@ impl GrantHub {
             node: node.clone(),
             tx,
             next_seq: AtomicU64::new(1),
-            pending: Mutex::new(HashMap::new()),
-            held: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::default()),
+            held: Mutex::new(HashMap::default()),
             prune_at: AtomicUsize::new(PRUNE_FROM),
         });
         self.write().entry(node).or_default().push(Arc::clone(&sub));
@@ -399,11 +401,15 @@ impl GrantHub {
         self.metrics.subscribers.dec();
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Vec<Arc<Subscription>>>> {
+    fn read(
+        &self,
+    ) -> std::sync::RwLockReadGuard<'_, HashMap<String, Vec<Arc<Subscription>>, Seeded>> {
         self.by_node.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Vec<Arc<Subscription>>>> {
+    fn write(
+        &self,
+    ) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Vec<Arc<Subscription>>, Seeded>> {
         self.by_node.write().unwrap_or_else(|e| e.into_inner())
     }
 }

@@ -5,6 +5,8 @@
 //! [`dnsfence_api::tail`], and answers lookups on the query path under a read lock.
 
 use std::collections::HashMap;
+
+use foldhash::fast::RandomState as Seeded;
 use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 
@@ -35,9 +37,9 @@ impl PodIdentity {
 
 #[derive(Debug, Default)]
 struct State {
-    allowlists: HashMap<AllowlistId, Arc<Allowlist>>,
-    bindings: HashMap<WorkloadKey, Arc<WorkloadBinding>>,
-    by_ip: HashMap<IpAddr, WorkloadKey>,
+    allowlists: HashMap<AllowlistId, Arc<Allowlist>, Seeded>,
+    bindings: HashMap<WorkloadKey, Arc<WorkloadBinding>, Seeded>,
+    by_ip: HashMap<IpAddr, WorkloadKey, Seeded>,
     revision: u64,
 }
 

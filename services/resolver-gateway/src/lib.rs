@@ -9,6 +9,7 @@ pub mod config;
 pub mod dns_server;
 pub mod error;
 pub mod fast;
+pub mod fifo;
 pub mod grants;
 pub mod handler;
 pub mod http;

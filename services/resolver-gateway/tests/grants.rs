@@ -255,6 +255,102 @@ async fn a_name_with_two_thousand_addresses_is_granted_completely_over_tcp() {
 }
 
 #[tokio::test]
+async fn a_big_answer_truncated_for_udp_is_asked_upstream_once_and_granted_on_the_tcp_retry() {
+    let world = World::start(&[]).await.unwrap();
+    let sub = world
+        .gateway
+        .subscribe("node-a", AckMode::Immediately)
+        .await
+        .unwrap();
+    // no EDNS: a 512-byte client
+    let over_udp = udp_exchange(
+        world.gateway.dns,
+        NGINX_A,
+        &query("big.example.test", RecordType::A, false),
+    )
+    .await
+    .unwrap();
+    assert!(over_udp.metadata.truncation, "too big for UDP: TC set");
+    assert!(over_udp.answers.is_empty() && over_udp.edns.is_none());
+    assert!(
+        sub.grants().is_empty(),
+        "no grants for an answer without addresses"
+    );
+    let asked = world.authority.queries();
+
+    // the same client retries over TCP, still without EDNS
+    let mut stream = tcp_connect(world.gateway.dns, NGINX_A).await.unwrap();
+    let retry = query("big.example.test", RecordType::A, false);
+    tcp_send(&mut stream, &retry.to_vec().unwrap())
+        .await
+        .unwrap();
+    let over_tcp = tcp_receive(&mut stream).await.unwrap();
+    assert_eq!(addresses(&over_tcp).len(), BIG_COUNT);
+    assert_eq!(
+        world.authority.queries(),
+        asked,
+        "the retry is answered from what the truncated answer stored"
+    );
+    let granted: HashSet<IpAddr> = sub
+        .grants()
+        .iter()
+        .map(|g| ip_of(&g.destination_ip))
+        .collect();
+    assert_eq!(granted.len(), BIG_COUNT);
+}
+
+#[tokio::test]
+async fn a_miss_is_the_upstreams_answer_made_the_clients() {
+    let world = World::start(&["--grant-max-ttl", "120s"]).await.unwrap();
+    let sub = world
+        .gateway
+        .subscribe("node-a", AckMode::Immediately)
+        .await
+        .unwrap();
+    let mut q = query("AlIaS.Example.TEST", RecordType::A, true);
+    q.metadata.id = 4242;
+    q.metadata.checking_disabled = true;
+    let before = world.authority.queries();
+    let answer = udp_exchange(world.gateway.dns, NGINX_A, &q).await.unwrap();
+    assert_eq!(
+        world.authority.queries(),
+        before + 1,
+        "one upstream exchange for a whole chain"
+    );
+    assert_eq!(answer.metadata.id, 4242);
+    assert!(answer.metadata.recursion_available && answer.metadata.checking_disabled);
+    assert!(!answer.metadata.authoritative);
+    assert_eq!(answer.queries[0].name().to_ascii(), "AlIaS.Example.TEST.");
+    let kinds: Vec<RecordType> = answer.answers.iter().map(|r| r.record_type()).collect();
+    assert_eq!(
+        kinds,
+        [RecordType::CNAME, RecordType::CNAME, RecordType::A],
+        "the chain, in order"
+    );
+    assert!(answer.authorities.is_empty());
+    // TTLs 300 in the zone, capped at --grant-max-ttl
+    assert!(answer.answers.iter().all(|r| r.ttl == 120), "{answer:?}");
+    assert_eq!(answer.edns.as_ref().map(|e| e.max_payload()), Some(1232));
+    assert_eq!(
+        grant_for(&sub.grants(), "198.51.100.1").lifetime_ms,
+        120_000
+    );
+
+    // a negative answer keeps the SOA, with the RFC 2308 TTL
+    let nx = udp(
+        world.gateway.dns,
+        NGINX_A,
+        "nope.example.test",
+        RecordType::A,
+    )
+    .await
+    .unwrap();
+    assert_eq!(nx.metadata.response_code, ResponseCode::NXDomain);
+    assert_eq!(nx.authorities.len(), 1);
+    assert_eq!(nx.authorities[0].record_type(), RecordType::SOA);
+}
+
+#[tokio::test]
 async fn a_cache_hit_still_grants_another_pod_and_held_grants_are_not_resent() {
     let world = World::start(&[]).await.unwrap();
     let node_a = world
@@ -268,14 +364,17 @@ async fn a_cache_hit_still_grants_another_pod_and_held_grants_are_not_resent() {
         .await
         .unwrap();
 
-    udp(
-        world.gateway.dns,
-        NGINX_A,
-        "www.example.test",
-        RecordType::A,
-    )
-    .await
-    .unwrap();
+    // The answer cache admits a question on its second miss: ask twice.
+    for _ in 0..2 {
+        udp(
+            world.gateway.dns,
+            NGINX_A,
+            "www.example.test",
+            RecordType::A,
+        )
+        .await
+        .unwrap();
+    }
     let upstream_queries = world.authority.queries();
     let from_cache = udp(
         world.gateway.dns,

@@ -8,7 +8,9 @@
 //! 2. the programs' run time per invocation from `kernel.bpf_stats_enabled` (an average);
 //! 3. the time to write one grant and a batch of 1,000 grants into the full map (the
 //!    enforcer's work between receiving a `GrantBatch` and sending its `Ack`);
-//! 4. the kernel's memory accounting of the grants map per entry.
+//! 4. the kernel's memory accounting of the grants map per entry;
+//! 5. the programs' own run time on one crafted packet with `BPF_PROG_TEST_RUN` (established
+//!    TCP flow over IPv4 and IPv6, and a pod in allow mode); `--test-run-only` runs just this.
 //!
 //! Namespaces, the pin directory and the sysctl are restored by a guard on every exit path,
 //! including SIGINT/SIGTERM.
@@ -66,9 +68,18 @@ struct Args {
     /// Small numbers for a smoke run (overrides the others).
     #[arg(long)]
     quick: bool,
+    /// Only the programs' run time on crafted packets (BPF_PROG_TEST_RUN: established TCP
+    /// flow over IPv4 and IPv6, and a pod in allow mode): skips the traffic, bpf_stats and
+    /// grant-write phases. Still loads --grants grants first (with --quick: 20,000).
+    #[arg(long)]
+    test_run_only: bool,
 }
 
 const POD1_V4: &str = "192.0.2.10";
+/// Registered for pod1 in `pods` (with a grant to WEB_V6) for the IPv6 BPF_PROG_TEST_RUN
+/// figures only; the pod's interface has no IPv6 address, no IPv6 traffic is sent.
+const POD1_V6: &str = "2001:db8:1::10";
+const WEB_V6: &str = dnsfence_lab::topology::GITHUB_V6;
 /// A web address and the DNS address of the lab's internet.
 const WEB_V4: &str = dnsfence_lab::topology::GITHUB;
 const GW_V4: &str = dnsfence_lab::topology::AUTHORITY;
@@ -454,6 +465,115 @@ fn main() -> anyhow::Result<()> {
     bench(&args)
 }
 
+/// Runs per BPF_PROG_TEST_RUN sample, and samples per figure.
+const TEST_RUN_REPEAT: u32 = 100_000;
+const TEST_RUN_SAMPLES: usize = 21;
+
+/// One BPF_PROG_TEST_RUN figure: program, what it ran on, median ns (None: no bpftool).
+struct TestRunRow {
+    hook: Hook,
+    case: &'static str,
+    ns: Option<f64>,
+}
+
+/// A BPF_PROG_TEST_RUN flow: (label, pod address, web server address).
+type Flow = (&'static str, IpAddr, IpAddr);
+
+/// The programs' own run time on one packet (BPF_PROG_TEST_RUN): an established TCP flow
+/// of pod1 to the web server over IPv4 and over IPv6 (egress: pod → web server, the warm-up
+/// run of the frame takes the grant path among the N grants and creates the conntrack
+/// entry, the rest are established; ingress: the reply), the four interleaved; then the
+/// IPv4 frames with pod1 switched to allow mode (parse, `pods` lookup, counter), after which
+/// pod1 is enforced again.
+fn test_run_figures(
+    dp: &mut Datapath,
+    pin_dir: &Path,
+    pod1_if: u32,
+) -> anyhow::Result<Vec<TestRunRow>> {
+    let scratch = tempfile::tempdir()?;
+    let (pod4, web4, pod6, web6) = (ip(POD1_V4)?, ip(WEB_V4)?, ip(POD1_V6)?, ip(WEB_V6)?);
+    let programs = Hook::BOTH.map(|hook| (hook, pin_dir.join("progs").join(hook.program())));
+    let flow = |hook: Hook, pod: IpAddr, web: IpAddr| match hook {
+        Hook::PodEgress => test_run::tcp_ack_frame(pod, 40_000, web, BULK_PORT),
+        Hook::PodIngress => test_run::tcp_ack_frame(web, BULK_PORT, pod, 40_000),
+    };
+    let groups: [(Mode, &[Flow]); 2] = [
+        (
+            Mode::Enforce,
+            &[
+                ("established TCP flow, IPv4", pod4, web4),
+                ("established TCP flow, IPv6", pod6, web6),
+            ],
+        ),
+        (Mode::Allow, &[("pod in allow mode, IPv4 TCP", pod4, web4)]),
+    ];
+    let mut rows = Vec::new();
+    for (mode, flows) in groups {
+        if mode != Mode::Enforce {
+            dp.upsert_pod(pod4, pod1_if, mode, 1)?;
+        }
+        let mut labels = Vec::new();
+        let mut cases = Vec::new();
+        for &(case, pod, web) in flows {
+            for (hook, program) in &programs {
+                labels.push((*hook, case));
+                cases.push(test_run::Case {
+                    program,
+                    frame: flow(*hook, pod, web),
+                });
+            }
+        }
+        let measured = test_run::median_run_ns(
+            &cases,
+            pod1_if,
+            TEST_RUN_REPEAT,
+            TEST_RUN_SAMPLES,
+            scratch.path(),
+        )?;
+        for (i, (hook, case)) in labels.into_iter().enumerate() {
+            let ns = match &measured {
+                Some(m) => {
+                    let (ns, verdict) = m[i];
+                    println!(
+                        "{}: {ns:.0} ns per run (median of {TEST_RUN_SAMPLES} x {TEST_RUN_REPEAT} BPF_PROG_TEST_RUN runs, {case}; program returned {verdict})",
+                        hook.program()
+                    );
+                    Some(ns)
+                }
+                None => {
+                    println!(
+                        "{}: BPF_PROG_TEST_RUN figure ({case}) skipped: bpftool is not installed (apt-get install bpftool)",
+                        hook.program()
+                    );
+                    None
+                }
+            };
+            rows.push(TestRunRow { hook, case, ns });
+        }
+        if mode != Mode::Enforce {
+            dp.upsert_pod(pod4, pod1_if, Mode::Enforce, 1)?;
+        }
+    }
+    Ok(rows)
+}
+
+fn print_test_run_rows(rows: &[TestRunRow]) {
+    for r in rows {
+        if let Some(ns) = r.ns {
+            println!(
+                "| `{}` run time, {} (BPF_PROG_TEST_RUN, median of {TEST_RUN_SAMPLES} × {TEST_RUN_REPEAT}) | {ns:.0} ns | {} |",
+                r.hook.program(),
+                r.case,
+                if r.case.starts_with("established") {
+                    "≤ 100 ns median"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+}
+
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
@@ -481,17 +601,20 @@ fn bench(args: &Args) -> anyhow::Result<()> {
     dp.upsert_pod(ip(POD1_V4)?, pod1_if, Mode::Enforce, 1)?;
     dp.set_gateways(&[ip(GW_V4)?])?;
     dp.attach(pod1_if)?;
+    dp.upsert_pod(ip(POD1_V6)?, pod1_if, Mode::Enforce, 1)?;
     let far = clock::deadline_after(Duration::from_secs(24 * 3600))?;
-    dp.put_grant(
-        ip(POD1_V4)?,
-        ip(WEB_V4)?,
-        &[PortSpec {
-            proto: Protocol::Tcp,
-            start: BULK_PORT,
-            end: ECHO_PORT,
-        }],
-        far,
-    )?;
+    for (pod, web) in [(POD1_V4, WEB_V4), (POD1_V6, WEB_V6)] {
+        dp.put_grant(
+            ip(pod)?,
+            ip(web)?,
+            &[PortSpec {
+                proto: Protocol::Tcp,
+                start: BULK_PORT,
+                end: ECHO_PORT,
+            }],
+            far,
+        )?;
+    }
 
     // ---- load N grants ----
     let (mem0, max_entries, key_size, value_size) = grants_map_info(&t.pin_dir)?;
@@ -513,6 +636,19 @@ fn bench(args: &Args) -> anyhow::Result<()> {
     println!(
         "grants map memlock (fdinfo): {mem0} B empty, {mem1} B with {count} entries: {per_grant:.1} B per grant (key {key_size} B + value {value_size} B)"
     );
+
+    if args.test_run_only {
+        let rows = test_run_figures(&mut dp, &t.pin_dir, pod1_if)?;
+        println!();
+        println!("load average at end: {}", loadavg());
+        println!(
+            "## datapath-bench summary, --test-run-only ({} grants loaded)",
+            args.grants
+        );
+        println!();
+        print_test_run_rows(&rows);
+        return Ok(());
+    }
 
     // ---- throughput and latency, interleaved: enforced, plain, enforced, plain, ... ----
     // one untimed warm-up of each path first
@@ -611,40 +747,7 @@ fn bench(args: &Args) -> anyhow::Result<()> {
     }
 
     // ---- the programs' own run time on one packet (BPF_PROG_TEST_RUN) ----
-    // An established flow of pod1 to the web server (the first run of the egress frame takes
-    // the grant path among the N grants and creates the conntrack entry; the rest, and the
-    // reply on the ingress side, are established), as the traffic above mostly is.
-    let scratch = tempfile::tempdir()?;
-    let (pod4, web4) = (POD1_V4.parse()?, WEB_V4.parse()?);
-    let mut test_runs = Vec::new();
-    for (hook, frame) in [
-        (
-            Hook::PodEgress,
-            test_run::tcp_ack_frame(pod4, 40_000, web4, BULK_PORT),
-        ),
-        (
-            Hook::PodIngress,
-            test_run::tcp_ack_frame(web4, BULK_PORT, pod4, 40_000),
-        ),
-    ] {
-        let program = t.pin_dir.join("progs").join(hook.program());
-        match test_run::median_run_ns(&program, &frame, pod1_if, 100_000, 21, scratch.path())? {
-            Some((ns, verdict)) => {
-                println!(
-                    "{}: {ns:.0} ns per run (median of 21 x 100,000 BPF_PROG_TEST_RUN runs on an established TCP flow; program returned {verdict})",
-                    hook.program()
-                );
-                test_runs.push(Some(ns));
-            }
-            None => {
-                println!(
-                    "{}: BPF_PROG_TEST_RUN figure skipped: bpftool is not installed (apt-get install bpftool)",
-                    hook.program()
-                );
-                test_runs.push(None);
-            }
-        }
-    }
+    let test_runs = test_run_figures(&mut dp, &t.pin_dir, pod1_if)?;
 
     // ---- grant write latency into the full map ----
     let mut one = Vec::with_capacity(args.single_reps);
@@ -724,14 +827,7 @@ fn bench(args: &Args) -> anyhow::Result<()> {
             hook.program()
         );
     }
-    for (hook, ns) in Hook::BOTH.iter().zip(test_runs.iter()) {
-        if let Some(ns) = ns {
-            println!(
-                "| `{}` run time on an established TCP flow (BPF_PROG_TEST_RUN, median of 21 × 100,000) | {ns:.0} ns | ≤ 100 ns median |",
-                hook.program()
-            );
-        }
-    }
+    print_test_run_rows(&test_runs);
     println!(
         "| write 1 grant (map of {count}) | p50 {one50:.1} µs, p99 {one99:.1} µs | p99 ≤ 500 µs |"
     );

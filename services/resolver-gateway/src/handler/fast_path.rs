@@ -11,12 +11,21 @@ use dnsfence_policy::allowlist::{Allowlist, Destination};
 use hickory_proto::rr::RecordType;
 
 use super::Gateway;
-use crate::config::AckTimeoutAction;
 use crate::fast::{AnswerKey, CachedAnswer, GrantTemplate, Verdict};
-use crate::grants::Delivery;
 use crate::identity::{Lookup, PodIdentity};
-use crate::metrics::{QueryVerdict, ReasonLabels, Transport};
+use crate::metrics::{QueryVerdict, Transport};
 use crate::wire::{PlainQuery, parse_plain_query};
+
+/// What [`Gateway::answer_now`] got to.
+#[derive(Debug)]
+pub enum Now {
+    Answer(Vec<u8>),
+    /// To be answered by [`Gateway::handle_later`]; `cached`: the caches may have it (grants to
+    /// send first, or a traced query that skipped them), so they are worth asking again.
+    Later {
+        cached: bool,
+    },
+}
 
 /// Where the fast path got to without waiting.
 pub(super) enum FastStep {
@@ -61,22 +70,25 @@ pub(super) fn servfail_for(raw: &[u8]) -> Vec<u8> {
 impl Gateway {
     /// The fast path without waiting: an answer from the encoded-answer cache when the pod
     /// may have the name and its enforcer already holds the grants, or a remembered denial
-    /// for a pod of the same allowlist. `None`: take
-    /// [`Gateway::handle`].
-    pub fn answer_now(&self, raw: &[u8], src: SocketAddr, transport: Transport) -> Option<Vec<u8>> {
+    /// for a pod of the same allowlist. Otherwise what [`Gateway::handle_later`] needs to
+    /// know.
+    pub fn answer_now(&self, raw: &[u8], src: SocketAddr, transport: Transport) -> Now {
         // A traced query gets its span in `handle` (which tries the caches just the same).
         if self.traced(raw, src) {
-            return None;
+            return Now::Later { cached: true };
         }
         let started = Instant::now();
-        let query = parse_plain_query(raw)?;
+        let Some(query) = parse_plain_query(raw) else {
+            return Now::Later { cached: false };
+        };
         match self.fast_step(raw, &query, src.ip(), transport, started) {
             FastStep::Answer(bytes, verdict) => {
                 self.count(verdict, RecordType::from(query.qtype), transport, started);
                 self.log_decision(raw, src, transport, verdict, Some(&bytes));
-                Some(bytes)
+                Now::Answer(bytes)
             }
-            FastStep::Grant { .. } | FastStep::Miss => None,
+            FastStep::Grant { .. } => Now::Later { cached: true },
+            FastStep::Miss => Now::Later { cached: false },
         }
     }
 
@@ -194,23 +206,11 @@ impl Gateway {
                 grants,
             } => (cached, pod, grants),
         };
-        let outcome = self
-            .hub
-            .grant(pod.node(), grants, self.settings.grant_ack_timeout)
-            .await;
-        if let Delivery::Failed(reason) = outcome.delivery {
-            self.metrics
-                .grant_ack_failures
-                .get_or_create(&ReasonLabels { reason })
-                .inc();
-            if self.settings.ack_timeout_action == AckTimeoutAction::Servfail {
-                return Some((servfail_for(raw), QueryVerdict::Allowed));
-            }
+        let delivered = self.deliver(pod.node(), grants, &cached.name).await;
+        if delivered.servfail {
+            return Some((servfail_for(raw), QueryVerdict::Allowed));
         }
-        let ttl_cap = outcome.lifetime.map_or(self.settings.grant_max_ttl, |l| {
-            l.min(self.settings.grant_max_ttl)
-        });
-        let cap = u32::try_from(ttl_cap.as_secs()).unwrap_or(u32::MAX);
+        let cap = u32::try_from(delivered.ttl_cap.as_secs()).unwrap_or(u32::MAX);
         Some((
             cached.answer(raw, query, Instant::now(), cap),
             QueryVerdict::Allowed,

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use dnsfence_api::Grant;
 use dnsfence_policy::allowlist::{Allowlist, DefaultPolicy, Destination};
 use dnsfence_policy::domain::normalize_name;
+use dnsfence_policy::ports::PortSet;
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::{DNSClass, RData, Record, RecordType};
 use tracing::{Instrument, debug, instrument, warn};
@@ -18,7 +19,9 @@ use tracing::{Instrument, debug, instrument, warn};
 mod fast_path;
 mod observe;
 mod response;
+mod wire_path;
 
+pub use fast_path::Now;
 use fast_path::grant_source;
 use response::{
     add_ede, cap_ttls, encode, format_error_from_header, plain, response_to, search_expansion_of,
@@ -26,7 +29,7 @@ use response::{
 };
 
 use crate::config::{AckTimeoutAction, Config, DecisionLogs, DeniedRcode, UnknownSource};
-use crate::fast::{AnswerCache, AnswerKey, CachedAnswer, Denial, DenialCache};
+use crate::fast::{AnswerCache, AnswerKey, CachedAnswer, Denial, DenialCache, Doorkeeper};
 use crate::grants::{Delivery, GrantHub};
 use crate::identity::{Identities, Lookup, PodIdentity};
 use crate::metrics::{GatewayMetrics, QueryLabels, QueryVerdict, ReasonLabels, Transport};
@@ -84,8 +87,17 @@ pub struct Gateway {
     pub metrics: Arc<GatewayMetrics>,
     answers: AnswerCache,
     denials: DenialCache,
+    /// Admission to `answers` and `denials` for what the wire path answers.
+    doorkeeper: Doorkeeper,
     /// The DNS decision log (`--decision-logs`), JSON lines on stdout.
     decision_log: dnsfence_telemetry::jsonlog::LineLog,
+}
+
+/// What became of a query's grants: the TTL the answer may carry, and whether it must be
+/// SERVFAIL (not acked, `--ack-timeout-action servfail`).
+struct Delivered {
+    ttl_cap: Duration,
+    servfail: bool,
 }
 
 /// What the query path decided, before encoding.
@@ -121,6 +133,7 @@ impl Gateway {
         Gateway {
             answers: AnswerCache::new(settings.answer_cache_size),
             denials: DenialCache::new(settings.answer_cache_size),
+            doorkeeper: Doorkeeper::new(settings.answer_cache_size),
             settings,
             identities,
             resolver,
@@ -141,12 +154,29 @@ impl Gateway {
         src: SocketAddr,
         transport: Transport,
     ) -> Option<Vec<u8>> {
+        self.handle_later(raw, src, transport, Now::Later { cached: true })
+            .await
+    }
+
+    /// [`Gateway::handle`] after [`Gateway::answer_now`] said `now`: a query it found in no
+    /// cache skips them.
+    pub async fn handle_later(
+        &self,
+        raw: &[u8],
+        src: SocketAddr,
+        transport: Transport,
+        now: Now,
+    ) -> Option<Vec<u8>> {
+        let try_caches = match now {
+            Now::Answer(bytes) => return Some(bytes),
+            Now::Later { cached } => cached,
+        };
         if !self.traced(raw, src) {
-            return self.handle_query(raw, src, transport).await.0;
+            return self.handle_query(raw, src, transport, try_caches).await.0;
         }
         let span = Self::query_span(src, transport);
         let (bytes, verdict) = self
-            .handle_query(raw, src, transport)
+            .handle_query(raw, src, transport, true)
             .instrument(span.clone())
             .await;
         self.describe_span(&span, raw, src, verdict, bytes.as_deref());
@@ -159,15 +189,24 @@ impl Gateway {
         raw: &[u8],
         src: SocketAddr,
         transport: Transport,
+        try_caches: bool,
     ) -> (Option<Vec<u8>>, Option<QueryVerdict>) {
         let started = Instant::now();
         let plain = parse_plain_query(raw);
         if let Some(plain) = &plain
+            && try_caches
             && let Some((bytes, verdict)) =
                 self.fast(raw, plain, src.ip(), transport, started).await
         {
             let qtype = RecordType::from(plain.qtype);
             self.count(verdict, qtype, transport, started);
+            self.log_decision(raw, src, transport, verdict, Some(&bytes));
+            return (Some(bytes), Some(verdict));
+        }
+        if let Some(plain) = &plain
+            && let Some((bytes, verdict)) = self.wire_miss(raw, plain, src.ip(), transport).await
+        {
+            self.count(verdict, RecordType::from(plain.qtype), transport, started);
             self.log_decision(raw, src, transport, verdict, Some(&bytes));
             return (Some(bytes), Some(verdict));
         }
@@ -321,25 +360,11 @@ impl Gateway {
         let mut ttl_cap = self.settings.grant_max_ttl;
         if pod.allowlist.is_some() {
             let grants = self.grants_for(&pod, allowlist, &name, src, &message.answers);
-            if !grants.is_empty() {
-                let outcome = self
-                    .hub
-                    .grant(pod.node(), grants, self.settings.grant_ack_timeout)
-                    .await;
-                if let Some(lifetime) = outcome.lifetime {
-                    ttl_cap = ttl_cap.min(lifetime);
-                }
-                if let Delivery::Failed(reason) = outcome.delivery {
-                    self.metrics
-                        .grant_ack_failures
-                        .get_or_create(&ReasonLabels { reason })
-                        .inc();
-                    debug!(%name, node = %pod.node(), ?reason, "grants not acked");
-                    if self.settings.ack_timeout_action == AckTimeoutAction::Servfail {
-                        return plain(query, ResponseCode::ServFail, QueryVerdict::Allowed);
-                    }
-                }
+            let delivered = self.deliver(pod.node(), grants, &name).await;
+            if delivered.servfail {
+                return plain(query, ResponseCode::ServFail, QueryVerdict::Allowed);
             }
+            ttl_cap = delivered.ttl_cap;
         }
         cap_ttls(&mut message.answers, ttl_cap);
         Answer {
@@ -348,6 +373,34 @@ impl Gateway {
             remember,
             denial: None,
         }
+    }
+
+    /// Sends a query's grants to the enforcers of `node` and waits for the ack (bounded by
+    /// `--grant-ack-timeout`); counts a failure.
+    async fn deliver(&self, node: &str, grants: Vec<Grant>, name: &str) -> Delivered {
+        let mut delivered = Delivered {
+            ttl_cap: self.settings.grant_max_ttl,
+            servfail: false,
+        };
+        if grants.is_empty() {
+            return delivered;
+        }
+        let outcome = self
+            .hub
+            .grant(node, grants, self.settings.grant_ack_timeout)
+            .await;
+        if let Some(lifetime) = outcome.lifetime {
+            delivered.ttl_cap = delivered.ttl_cap.min(lifetime);
+        }
+        if let Delivery::Failed(reason) = outcome.delivery {
+            self.metrics
+                .grant_ack_failures
+                .get_or_create(&ReasonLabels { reason })
+                .inc();
+            debug!(%name, %node, ?reason, "grants not acked");
+            delivered.servfail = self.settings.ack_timeout_action == AckTimeoutAction::Servfail;
+        }
+        delivered
     }
 
     /// Keeps the encoded answer for the fast path (NOERROR and NXDOMAIN, not truncated). The
@@ -417,27 +470,32 @@ impl Gateway {
     }
 
     fn deny(&self, query: &Message, allowlist: &Allowlist, name: &str, reason: &str) -> Answer {
+        let (rcode, verdict, text) = self.denial(allowlist, name, reason);
+        let mut a = plain(query, rcode, verdict);
+        add_ede(&mut a.message, EDE_BLOCKED, &text);
+        a
+    }
+
+    /// The RCODE, verdict and extended error text of a denied name.
+    fn denial(
+        &self,
+        allowlist: &Allowlist,
+        name: &str,
+        reason: &str,
+    ) -> (ResponseCode, QueryVerdict, String) {
         // musl stops walking the search list at the first REFUSED: an allowed name with a
         // search suffix appended must look like a name that does not exist.
         let expansion_of = search_expansion_of(allowlist, name, self.settings.default_policy);
         let (rcode, verdict) = match (expansion_of, self.settings.denied_rcode) {
-            (Some(_), _) | (None, DeniedRcode::Nxdomain) => (
-                ResponseCode::NXDomain,
-                if expansion_of.is_some() {
-                    QueryVerdict::SearchExpansion
-                } else {
-                    QueryVerdict::Denied
-                },
-            ),
+            (Some(_), _) => (ResponseCode::NXDomain, QueryVerdict::SearchExpansion),
+            (None, DeniedRcode::Nxdomain) => (ResponseCode::NXDomain, QueryVerdict::Denied),
             (None, DeniedRcode::Refused) => (ResponseCode::Refused, QueryVerdict::Denied),
         };
-        let mut a = plain(query, rcode, verdict);
         let text = match expansion_of {
             Some(bare) => format!("{name} is a search-list expansion of {bare}; {reason}"),
             None => format!("{name} denied: {reason}"),
         };
-        add_ede(&mut a.message, EDE_BLOCKED, &text);
-        a
+        (rcode, verdict, text)
     }
 
     fn grants_for(
@@ -453,7 +511,7 @@ impl Gateway {
             RData::AAAA(a) => Some((IpAddr::V6(a.0), r.ttl)),
             _ => None,
         });
-        let mut grants = self.grants_for_addresses(allowlist, name, pod_ip, addresses);
+        let mut grants = self.grants_for_addresses(allowlist, name, None, pod_ip, addresses);
         for g in &mut grants {
             g.pod_ip = grant_source(pod, pod_ip, g.destination_ip);
         }
@@ -461,23 +519,36 @@ impl Gateway {
         grants
     }
 
-    /// One grant per address the allowlist lets the pod reach on some port.
+    /// One grant per address the allowlist lets the pod reach on some port. `name_ports`: what
+    /// `decide_name` gave the name, if the caller has it (used when no rule names addresses).
     fn grants_for_addresses(
         &self,
         allowlist: &Allowlist,
         name: &str,
+        name_ports: Option<&PortSet>,
         pod_ip: IpAddr,
         addresses: impl Iterator<Item = (IpAddr, u32)>,
     ) -> Vec<Grant> {
+        let default = self.settings.default_policy;
+        // Without CIDR rules every address of the name gets the name's ports: evaluate once.
+        let shared = allowlist
+            .is_address_independent()
+            .then(|| match name_ports {
+                Some(ports) => ports.ranges(),
+                None => allowlist
+                    .allowed_ports(Destination::Name(name), default)
+                    .allowed
+                    .ranges(),
+            });
         let mut grants: Vec<Grant> = Vec::new();
         for (ip, ttl) in addresses {
-            let ports = allowlist
-                .allowed_ports(
-                    Destination::Resolved(name, ip),
-                    self.settings.default_policy,
-                )
-                .allowed
-                .ranges();
+            let ports = match &shared {
+                Some(ports) => ports.clone(),
+                None => allowlist
+                    .allowed_ports(Destination::Resolved(name, ip), default)
+                    .allowed
+                    .ranges(),
+            };
             if ports.is_empty() {
                 continue;
             }

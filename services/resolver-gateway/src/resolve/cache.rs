@@ -1,7 +1,7 @@
 //! The shared answer cache: sharded maps of `Arc<Entry>`, bounded, oldest-first eviction.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::HashMap,
     hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState},
     sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError},
     time::{Duration, Instant},
@@ -14,6 +14,7 @@ use hickory_proto::{
 use prometheus_client::metrics::gauge::Gauge;
 
 use super::Resolved;
+use crate::fifo::FifoMap;
 
 /// Shards of the cache (fewer when `max_entries` is small).
 const SHARDS: usize = 32;
@@ -135,19 +136,7 @@ impl Entry {
     }
 }
 
-struct Slot {
-    entry: Arc<Entry>,
-    seq: u64,
-}
-
-#[derive(Default)]
-struct Shard {
-    map: KeyMap<Slot>,
-    /// Keys in insertion order, with the insertion's sequence number; an item whose sequence
-    /// no longer matches the map's slot is stale and skipped.
-    order: VecDeque<(Key, u64)>,
-    next_seq: u64,
-}
+type Shard = FifoMap<Key, Arc<Entry>, BuildHasherDefault<KeyHasher>>;
 
 /// The cache. All methods take `&self`; a shard's lock is held only for a map operation.
 pub(super) struct Cache {
@@ -173,7 +162,9 @@ impl Cache {
         let shards = SHARDS.min(max_entries).max(1);
         let per_shard = max_entries.div_ceil(shards);
         Cache {
-            shards: (0..shards).map(|_| Mutex::new(Shard::default())).collect(),
+            shards: (0..shards)
+                .map(|_| Mutex::new(Shard::new(per_shard)))
+                .collect(),
             per_shard,
             entries,
         }
@@ -193,11 +184,11 @@ impl Cache {
             return None;
         }
         let mut shard = self.shard(key);
-        let slot = shard.map.get(key)?;
-        if slot.entry.is_fresh(now) {
-            return Some(slot.entry.clone());
+        let entry = shard.get(key)?;
+        if entry.is_fresh(now) {
+            return Some(entry.clone());
         }
-        shard.map.remove(key);
+        shard.remove(key);
         drop(shard);
         self.entries.dec();
         None
@@ -209,30 +200,12 @@ impl Cache {
         if self.per_shard == 0 || entry.lifetime.is_zero() {
             return;
         }
-        let mut shard = self.shard(&key);
-        let shard = &mut *shard;
-        let seq = shard.next_seq;
-        shard.next_seq += 1;
-        if shard.map.insert(key.clone(), Slot { entry, seq }).is_none() {
+        let inserted = self.shard(&key).insert(key, entry);
+        if !inserted.replaced {
             self.entries.inc();
         }
-        shard.order.push_back((key, seq));
-        while shard.map.len() > self.per_shard {
-            let Some((old, old_seq)) = shard.order.pop_front() else {
-                break;
-            };
-            if shard.map.get(&old).is_some_and(|slot| slot.seq == old_seq) {
-                shard.map.remove(&old);
-                self.entries.dec();
-            }
-        }
-        // Replaced and expired entries leave stale items behind: compact now and then.
-        if shard.order.len() > 2 * self.per_shard + 64 {
-            let map = &shard.map;
-            shard
-                .order
-                .retain(|(k, s)| map.get(k).is_some_and(|slot| slot.seq == *s));
-        }
+        self.entries
+            .dec_by(i64::try_from(inserted.evicted).unwrap_or(i64::MAX));
     }
 
     /// Entries held (expired ones included until they are looked up or evicted).
@@ -240,7 +213,7 @@ impl Cache {
     pub fn len(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).map.len())
+            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).len())
             .sum()
     }
 }
@@ -316,7 +289,7 @@ mod tests {
         // The newest entry survives.
         assert!(cache.get(&key(9_999), now).is_some());
         for shard in cache.shards.iter() {
-            assert!(shard.lock().unwrap().order.len() <= 2 * cache.per_shard + 65);
+            assert!(shard.lock().unwrap().queued() <= 2 * cache.per_shard + 65);
         }
     }
 

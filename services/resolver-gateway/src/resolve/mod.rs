@@ -68,6 +68,7 @@ use tokio::sync::watch;
 
 use cache::{Cache, Entry, Key, KeyMap};
 use metrics::PoolMetrics;
+pub use upstream::Question;
 use upstream::{UpstreamAnswer, Upstreams};
 
 /// How many times a CNAME chain is followed with a further query.
@@ -227,6 +228,21 @@ impl Resolver {
         self.metrics.cache_misses.inc();
         let entry = self.resolve_coalesced(key).await?;
         Ok(entry.resolved(Instant::now(), false))
+    }
+
+    /// Forwards `question` as is and returns the upstream's answer as it came (whole message;
+    /// SERVFAIL after every attempt comes back as that answer). No record cache, no CNAME
+    /// chasing, no coalescing: for callers that read the answer on the wire and cache it
+    /// themselves, and take [`Resolver::resolve`] for answers they cannot use as they are.
+    /// Counted as a cache miss.
+    pub async fn forward_wire(&self, question: Question) -> Result<Vec<u8>, ResolveError> {
+        self.metrics.cache_misses.inc();
+        self.upstreams.query_wire(question).await
+    }
+
+    /// The TTL caps of cached answers, in seconds: (positive, negative).
+    pub fn ttl_caps(&self) -> (u32, u32) {
+        (self.max_ttl, self.max_negative_ttl)
     }
 
     fn inflight(&self) -> MutexGuard<'_, KeyMap<watch::Receiver<Shared>>> {

@@ -14,7 +14,7 @@ use std::{
 
 use hickory_proto::serialize::binary::BinDecodable;
 use hickory_proto::{
-    op::{Edns, Header, Message, MessageType, OpCode, Query, ResponseCode},
+    op::{Header, Message, ResponseCode},
     rr::{Name, Record, RecordType},
     serialize::binary::BinDecoder,
 };
@@ -90,29 +90,91 @@ struct Server {
 /// One connected UDP socket and the queries in flight on it.
 struct UdpConn {
     socket: UdpSocket,
-    pending: Mutex<HashMap<u16, Pending>>,
+    pending: Mutex<PendingMap>,
     /// Distinguishes successive users of one query ID.
     next_token: AtomicU64,
     mismatched: Counter,
 }
 
+type PendingMap = HashMap<u16, Pending, foldhash::fast::RandomState>;
+
 struct Pending {
-    question: Query,
+    question: Arc<Question>,
     token: u64,
     reply: oneshot::Sender<Reply>,
 }
 
 enum Reply {
-    Answer(UpstreamAnswer),
+    /// The whole datagram of an answer to the question (not truncated).
+    Answer(Vec<u8>),
     Truncated,
-    Malformed(String),
     Unreachable,
 }
+
+/// A question as it goes on the wire: the name in lower-case wire form and the type (class
+/// IN). Answers are matched against it byte for byte, case-insensitively, without decoding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Question {
+    name: Box<[u8]>,
+    qtype: u16,
+}
+
+impl Question {
+    pub fn new(name: &Name, qtype: RecordType) -> Question {
+        let mut wire = Vec::with_capacity(name.len() + 2);
+        for label in name.iter() {
+            // Labels are at most 63 bytes: Name enforces it.
+            wire.push(label.len() as u8);
+            wire.extend(label.iter().map(u8::to_ascii_lowercase));
+        }
+        wire.push(0);
+        Question {
+            name: wire.into_boxed_slice(),
+            qtype: u16::from(qtype),
+        }
+    }
+
+    /// `name` in wire form (uncompressed, any case): what a client's query carries.
+    pub fn from_wire(name: &[u8], qtype: u16) -> Question {
+        Question {
+            name: name.iter().map(u8::to_ascii_lowercase).collect(),
+            qtype,
+        }
+    }
+
+    /// The name in lower-case wire form.
+    pub fn name(&self) -> &[u8] {
+        &self.name
+    }
+
+    /// Whether `answer` (a whole message) carries exactly this question.
+    fn is_asked_by(&self, answer: &[u8]) -> bool {
+        let end = HEADER + self.name.len();
+        answer.get(4..6) == Some(&[0, 1])
+            && answer
+                .get(HEADER..end)
+                .is_some_and(|n| n.eq_ignore_ascii_case(&self.name))
+            && answer.get(end..end + 4)
+                == Some(&[(self.qtype >> 8) as u8, self.qtype as u8, 0, 1][..])
+    }
+
+    fn describe(&self) -> (String, String) {
+        let name = Name::from_bytes(&self.name).map_or_else(
+            |_| String::from_utf8_lossy(&self.name).into_owned(),
+            |n| n.to_string(),
+        );
+        (name, RecordType::from(self.qtype).to_string())
+    }
+}
+
+/// DNS header length.
+const HEADER: usize = 12;
 
 /// Why one attempt failed.
 enum AttemptError {
     Timeout,
-    ServFail,
+    /// The SERVFAIL answer, returned if it is the last attempt's.
+    ServFail(Vec<u8>),
     Error(String),
 }
 
@@ -146,7 +208,7 @@ impl Upstreams {
                 socket.connect(addr).await.map_err(socket_error)?;
                 let conn = Arc::new(UdpConn {
                     socket,
-                    pending: Mutex::new(HashMap::new()),
+                    pending: Mutex::new(PendingMap::default()),
                     next_token: AtomicU64::new(0),
                     mismatched: server_metrics.mismatched.clone(),
                 });
@@ -174,17 +236,32 @@ impl Upstreams {
         u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX)
     }
 
-    /// Asks the upstreams `name qtype IN`, up to `attempts` times: servers that are up in
-    /// preference order first, then those marked down (best effort). A timeout, SERVFAIL or
-    /// network error moves on to the next server; timeouts and network errors count against
-    /// the server's health, SERVFAIL does not (it is about the name). When the last attempt
-    /// got SERVFAIL, that answer is returned; when no attempt got an answer, an error.
+    /// Asks the upstreams `name qtype IN` and decodes the answer's sections.
     pub async fn query(
         &self,
         name: &Name,
         qtype: RecordType,
     ) -> Result<UpstreamAnswer, ResolveError> {
-        let question = Query::query(name.clone(), qtype);
+        self.ask(&Arc::new(Question::new(name, qtype)), decode_answer)
+            .await
+    }
+
+    /// Asks the upstreams `question` and returns the answer as it came (the whole message,
+    /// over UDP or, when truncated there, TCP), for callers that read it on the wire.
+    pub async fn query_wire(&self, question: Question) -> Result<Vec<u8>, ResolveError> {
+        self.ask(&Arc::new(question), Ok).await
+    }
+
+    /// Asks up to `attempts` times: servers that are up in preference order first, then those
+    /// marked down (best effort). A timeout, SERVFAIL, network error or an answer `decode`
+    /// rejects moves on to the next server; all but SERVFAIL count against the server's
+    /// health (SERVFAIL is about the name). When the last attempt got SERVFAIL, that answer
+    /// is returned; when no attempt got an answer, an error.
+    async fn ask<T>(
+        &self,
+        question: &Arc<Question>,
+        decode: impl Fn(Vec<u8>) -> Result<T, String>,
+    ) -> Result<T, ResolveError> {
         let now = self.now_micros();
         // Up servers in preference order, then down ones: no allocation for the usual 1-4.
         let mut order: smallvec_lite::Order = smallvec_lite::Order::default();
@@ -202,15 +279,15 @@ impl Upstreams {
         let mut servfail = None;
         for attempt in 0..self.attempts {
             let server = &self.servers[order.get(attempt % order.len())];
-            match self.attempt(server, &question).await {
+            match self.attempt(server, question, &decode).await {
                 Ok(answer) => {
                     server.health.success();
                     return Ok(answer);
                 }
                 // The server is alive: SERVFAIL is about the name, not the server's health.
-                Err(AttemptError::ServFail) => {
+                Err(AttemptError::ServFail(answer)) => {
                     last = format!("{}: SERVFAIL", server.addr);
-                    servfail = Some(server.addr);
+                    servfail = Some(answer);
                 }
                 Err(AttemptError::Timeout) => {
                     server.health.failure(self.now_micros());
@@ -223,29 +300,32 @@ impl Upstreams {
                     servfail = None;
                 }
             }
-            tracing::debug!(%name, %qtype, attempt, error = %last, "upstream attempt failed");
+            tracing::debug!(question = ?question.describe(), attempt, error = %last, "upstream attempt failed");
         }
-        if servfail.is_some() {
-            return Ok(UpstreamAnswer {
-                rcode: ResponseCode::ServFail,
-                answers: Vec::new(),
-                authorities: Vec::new(),
+        let (name, qtype) = question.describe();
+        if let Some(answer) = servfail {
+            return decode(answer).map_err(|e| ResolveError::Upstream {
+                name,
+                qtype,
+                attempts: self.attempts,
+                last: format!("malformed SERVFAIL answer: {e}"),
             });
         }
         Err(ResolveError::Upstream {
-            name: name.to_string(),
-            qtype: qtype.to_string(),
+            name,
+            qtype,
             attempts: self.attempts,
             last,
         })
     }
 
     /// One attempt on one server: UDP, then TCP if the UDP answer is truncated.
-    async fn attempt(
+    async fn attempt<T>(
         &self,
         server: &Server,
-        question: &Query,
-    ) -> Result<UpstreamAnswer, AttemptError> {
+        question: &Arc<Question>,
+        decode: &impl Fn(Vec<u8>) -> Result<T, String>,
+    ) -> Result<T, AttemptError> {
         let m = &server.metrics;
         let start = Instant::now();
         let conn =
@@ -267,17 +347,13 @@ impl Upstreams {
                 )
                 .await
                 {
-                    Ok(Ok(message)) if message.metadata.truncation => {
+                    Ok(Ok(answer)) if answer.get(2).is_some_and(|f| f & 0x02 != 0) => {
                         m.error.inc();
                         return Err(AttemptError::Error("truncated answer over TCP".into()));
                     }
-                    Ok(Ok(message)) => {
+                    Ok(Ok(answer)) => {
                         m.latency.observe(tcp_start.elapsed().as_secs_f64());
-                        UpstreamAnswer {
-                            rcode: message.metadata.response_code,
-                            answers: message.answers,
-                            authorities: message.authorities,
-                        }
+                        answer
                     }
                     Ok(Err(e)) => {
                         m.error.inc();
@@ -288,10 +364,6 @@ impl Upstreams {
                         return Err(AttemptError::Timeout);
                     }
                 }
-            }
-            Ok(Reply::Malformed(e)) => {
-                m.error.inc();
-                return Err(AttemptError::Error(format!("malformed answer: {e}")));
             }
             Ok(Reply::Unreachable) => {
                 m.error.inc();
@@ -306,12 +378,22 @@ impl Upstreams {
                 return Err(AttemptError::Error(e));
             }
         };
-        if answer.rcode == ResponseCode::ServFail {
+        // RCODE 2 in the header; an extended RCODE (RFC 6891) with these low bits is not
+        // SERVFAIL, but our queries (EDNS version 0, no cookies) cannot provoke one.
+        if answer.get(3).is_some_and(|f| f & 0x0f == 2) {
             m.servfail.inc();
-            return Err(AttemptError::ServFail);
+            return Err(AttemptError::ServFail(answer));
         }
-        m.ok.inc();
-        Ok(answer)
+        match decode(answer) {
+            Ok(decoded) => {
+                m.ok.inc();
+                Ok(decoded)
+            }
+            Err(e) => {
+                m.error.inc();
+                Err(AttemptError::Error(format!("malformed answer: {e}")))
+            }
+        }
     }
 }
 
@@ -321,12 +403,16 @@ enum ExchangeError {
 }
 
 impl UdpConn {
-    fn pending(&self) -> MutexGuard<'_, HashMap<u16, Pending>> {
+    fn pending(&self) -> MutexGuard<'_, PendingMap> {
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Sends `question` with a fresh random ID and waits for the matching answer.
-    async fn exchange(&self, question: &Query, timeout: Duration) -> Result<Reply, ExchangeError> {
+    async fn exchange(
+        &self,
+        question: &Arc<Question>,
+        timeout: Duration,
+    ) -> Result<Reply, ExchangeError> {
         let (tx, rx) = oneshot::channel();
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
         let id = {
@@ -345,7 +431,7 @@ impl UdpConn {
             pending.insert(
                 id,
                 Pending {
-                    question: question.clone(),
+                    question: Arc::clone(question),
                     token,
                     reply: tx,
                 },
@@ -358,7 +444,7 @@ impl UdpConn {
             id,
             token,
         };
-        let bytes = encode_query(id, question).map_err(ExchangeError::Io)?;
+        let bytes = encode_query(id, question);
         self.socket
             .send(&bytes)
             .await
@@ -372,45 +458,33 @@ impl UdpConn {
     }
 
     /// Hands one received datagram to the query it answers, or counts it as mismatched.
+    /// Only the header and the question are read here; the answer goes on as bytes.
     fn dispatch(&self, bytes: &[u8]) {
-        let mut decoder = BinDecoder::new(bytes);
-        let Ok(header) = Header::read(&mut decoder) else {
-            self.mismatched.inc();
-            return;
+        let id = match bytes {
+            [hi, lo, flags, ..] if bytes.len() >= HEADER && flags & 0x80 != 0 => {
+                Some(u16::from_be_bytes([*hi, *lo]))
+            }
+            _ => None,
         };
-        if header.metadata.message_type != MessageType::Response {
-            self.mismatched.inc();
-            return;
-        }
-        let Ok(queries) = Message::read_queries(&mut decoder, usize::from(header.counts.queries))
-        else {
-            self.mismatched.inc();
-            return;
-        };
-        let pending = {
+        let pending = id.and_then(|id| {
             let mut map = self.pending();
-            match map.get(&header.metadata.id) {
-                Some(p) if queries.len() == 1 && same_question(&queries[0], &p.question) => {
-                    map.remove(&header.metadata.id)
-                }
+            match map.get(&id) {
+                Some(p) if p.question.is_asked_by(bytes) => map.remove(&id),
                 _ => None,
             }
-        };
+        });
         let Some(pending) = pending else {
             tracing::debug!(
-                id = header.metadata.id,
+                ?id,
                 "discarding an upstream answer that matches no query in flight"
             );
             self.mismatched.inc();
             return;
         };
-        let reply = if header.metadata.truncation {
+        let reply = if bytes[2] & 0x02 != 0 {
             Reply::Truncated
         } else {
-            match read_sections(&mut decoder, &header) {
-                Ok(answer) => Reply::Answer(answer),
-                Err(e) => Reply::Malformed(e),
-            }
+            Reply::Answer(bytes.to_vec())
         };
         let _ = pending.reply.send(reply);
     }
@@ -454,18 +528,23 @@ async fn receive_loop(conn: Arc<UdpConn>) {
     }
 }
 
-/// The rest of an answer whose header and question were read: its sections, and the rcode
-/// with the EDNS extended bits.
-fn read_sections(decoder: &mut BinDecoder<'_>, header: &Header) -> Result<UpstreamAnswer, String> {
+/// The sections of a whole answer, and the rcode with the EDNS extended bits.
+fn decode_answer(bytes: Vec<u8>) -> Result<UpstreamAnswer, String> {
+    let mut decoder = BinDecoder::new(&bytes);
+    let header = Header::read(&mut decoder).map_err(|e| e.to_string())?;
+    Message::read_queries(&mut decoder, usize::from(header.counts.queries))
+        .map_err(|e| e.to_string())?;
     let op = header.metadata.op_code;
     let counts = &header.counts;
-    let (answers, _, _) = Message::read_records(decoder, usize::from(counts.answers), false, op)
-        .map_err(|e| e.to_string())?;
-    let (authorities, _, _) =
-        Message::read_records(decoder, usize::from(counts.authorities), false, op)
+    let (answers, _, _) =
+        Message::read_records(&mut decoder, usize::from(counts.answers), false, op)
             .map_err(|e| e.to_string())?;
-    let (_, edns, _) = Message::read_records(decoder, usize::from(counts.additionals), true, op)
-        .map_err(|e| e.to_string())?;
+    let (authorities, _, _) =
+        Message::read_records(&mut decoder, usize::from(counts.authorities), false, op)
+            .map_err(|e| e.to_string())?;
+    let (_, edns, _) =
+        Message::read_records(&mut decoder, usize::from(counts.additionals), true, op)
+            .map_err(|e| e.to_string())?;
     let low = header.metadata.response_code.low();
     let rcode = match edns {
         Some(edns) => ResponseCode::from(edns.rcode_high(), low),
@@ -478,32 +557,31 @@ fn read_sections(decoder: &mut BinDecoder<'_>, header: &Header) -> Result<Upstre
     })
 }
 
-/// Name (ASCII case-insensitively), type and class.
-fn same_question(a: &Query, b: &Query) -> bool {
-    a.query_type == b.query_type && a.query_class == b.query_class && a.name == b.name
-}
-
-fn encode_query(id: u16, question: &Query) -> Result<Vec<u8>, String> {
-    let mut message = Message::new(id, MessageType::Query, OpCode::Query);
-    message.metadata.recursion_desired = true;
-    message.add_query(question.clone());
-    let mut edns = Edns::new();
-    edns.set_max_payload(EDNS_UDP_SIZE);
-    message.set_edns(edns);
-    message
-        .to_vec()
-        .map_err(|e| format!("encoding the query: {e}"))
+/// A query for `question` with ID `id`: RD set, an OPT record announcing
+/// [`EDNS_UDP_SIZE`].
+fn encode_query(id: u16, question: &Question) -> Vec<u8> {
+    let mut q = Vec::with_capacity(HEADER + question.name.len() + 4 + 11);
+    q.extend_from_slice(&id.to_be_bytes());
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 1]);
+    q.extend_from_slice(&question.name);
+    q.extend_from_slice(&question.qtype.to_be_bytes());
+    q.extend_from_slice(&[0, 1]);
+    // OPT: root owner, type 41, class = UDP payload, TTL = ext-rcode 0, version 0, flags 0.
+    q.extend_from_slice(&[0, 0, 41]);
+    q.extend_from_slice(&EDNS_UDP_SIZE.to_be_bytes());
+    q.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+    q
 }
 
 /// One query over a new TCP connection (2-byte length framing). Answers with another ID or
 /// question are counted and skipped. The caller bounds it with the timeout.
 async fn tcp_exchange(
     addr: SocketAddr,
-    question: &Query,
+    question: &Question,
     mismatched: &Counter,
-) -> Result<Message, String> {
+) -> Result<Vec<u8>, String> {
     let id: u16 = rand::random();
-    let bytes = encode_query(id, question)?;
+    let bytes = encode_query(id, question);
     let len = u16::try_from(bytes.len()).map_err(|_| "query too long".to_string())?;
     let mut stream = TcpStream::connect(addr)
         .await
@@ -527,13 +605,12 @@ async fn tcp_exchange(
             .read_exact(&mut buf)
             .await
             .map_err(|e| format!("reading: {e}"))?;
-        let message = Message::from_vec(&buf).map_err(|e| format!("malformed answer: {e}"))?;
-        if message.metadata.id == id
-            && message.metadata.message_type == MessageType::Response
-            && message.queries.len() == 1
-            && same_question(&message.queries[0], question)
+        if buf.len() >= HEADER
+            && buf[0..2] == id.to_be_bytes()
+            && buf[2] & 0x80 != 0
+            && question.is_asked_by(&buf)
         {
-            return Ok(message);
+            return Ok(buf);
         }
         mismatched.inc();
     }

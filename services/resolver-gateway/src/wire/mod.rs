@@ -1,6 +1,9 @@
 //! Just enough DNS wire format for the answer cache's fast path: read a plain query's header
 //! and question without building a `Message`, and find the TTL fields of an encoded answer so
-//! a cached answer can be re-sent with its TTLs counted down.
+//! a cached answer can be re-sent with its TTLs counted down; [`answer`] reads an upstream's
+//! answer for the miss path.
+
+pub mod answer;
 
 /// A query the fast path can answer: one question, opcode QUERY, no answer or authority
 /// records, at most an OPT record.
