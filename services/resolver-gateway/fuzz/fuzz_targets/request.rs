@@ -13,7 +13,7 @@ use dnsfence_resolver_gateway::config::{
     AckTimeoutAction, DecisionLogs, DeniedRcode, UnknownSource,
 };
 use dnsfence_resolver_gateway::grants::GrantHub;
-use dnsfence_resolver_gateway::handler::{Gateway, Settings};
+use dnsfence_resolver_gateway::handler::{Gateway, Now, Settings};
 use dnsfence_resolver_gateway::identity::Identities;
 use dnsfence_resolver_gateway::metrics::{GatewayMetrics, Transport};
 use dnsfence_resolver_gateway::resolve::{CacheConfig, Resolver, UpstreamConfig};
@@ -95,8 +95,15 @@ fn world() -> &'static World {
 fuzz_target!(|data: &[u8]| {
     let world = world();
     let src: SocketAddr = "127.0.0.2:5353".parse().unwrap();
-    // The fast path first, as the UDP loop does.
-    if let Some(bytes) = world.gateway.answer_now(data, src, Transport::Udp) {
+    // The fast path first, as the UDP loop does, then what it leaves for later.
+    let now = world.gateway.answer_now(data, src, Transport::Udp);
+    if let Now::Answer(bytes) = &now {
+        assert_eq!(&bytes[..2], &data[..2], "answer carries the query's ID");
+    }
+    let later = world
+        .runtime
+        .block_on(world.gateway.handle_later(data, src, Transport::Udp, now));
+    if let Some(bytes) = later {
         assert_eq!(&bytes[..2], &data[..2], "answer carries the query's ID");
     }
     for transport in [Transport::Udp, Transport::Tcp] {
