@@ -25,7 +25,9 @@ use crate::fast::{AnswerKey, CachedAnswer, Denial};
 use crate::identity::Lookup;
 use crate::metrics::{QueryVerdict, Transport};
 use crate::resolve::Question;
-use crate::wire::answer::{Chain, RCODE_NOERROR, RCODE_NXDOMAIN, UpstreamReading, read_answer};
+use crate::wire::answer::{
+    Chain, RCODE_NOERROR, RCODE_NXDOMAIN, RCODE_SERVFAIL, UpstreamReading, read_answer,
+};
 use crate::wire::{self, PlainQuery};
 
 const TYPE_CNAME: u16 = 5;
@@ -187,7 +189,7 @@ impl Gateway {
             Err(error) => {
                 warn!(%name, qtype = query.qtype, %error, "upstream resolution failed");
                 return Some((
-                    bare_answer(raw, query, 2, false, payload),
+                    bare_answer(raw, query, RCODE_SERVFAIL, false, payload),
                     QueryVerdict::UpstreamFailure,
                 ));
             }
@@ -234,7 +236,7 @@ impl Gateway {
             let delivered = self.deliver(pod.node(), grants, &name).await;
             if delivered.servfail {
                 return Some((
-                    bare_answer(raw, query, 2, false, payload),
+                    bare_answer(raw, query, RCODE_SERVFAIL, false, payload),
                     QueryVerdict::Allowed,
                 ));
             }

@@ -24,6 +24,7 @@ const MAX_CHAIN: usize = 16;
 
 /// RCODEs the chain reading applies to.
 pub const RCODE_NOERROR: u8 = 0;
+pub const RCODE_SERVFAIL: u8 = 2;
 pub const RCODE_NXDOMAIN: u8 = 3;
 
 /// What an upstream answered, read on the wire.
