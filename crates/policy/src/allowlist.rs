@@ -9,6 +9,7 @@
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
+use std::sync::LazyLock;
 
 use sha2::{Digest, Sha256};
 use smallvec::SmallVec;
@@ -208,6 +209,13 @@ impl Allowlist {
     pub fn new(rules: Vec<Rule>) -> Allowlist {
         let id = content_id(&rules);
         Allowlist::from_parts(id, rules)
+    }
+
+    /// The allowlist without rules, shared: what a pod no policy selects is judged by (the
+    /// default decides everything).
+    pub fn empty() -> &'static Allowlist {
+        static EMPTY: LazyLock<Allowlist> = LazyLock::new(|| Allowlist::new(Vec::new()));
+        &EMPTY
     }
 
     /// Rebuilds an allowlist received from the store (keeps the store's id).

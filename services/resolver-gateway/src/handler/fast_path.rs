@@ -109,14 +109,7 @@ impl Gateway {
         let Some(cached) = self.answers.get(&key, now) else {
             return self.fast_denial(raw, query, &key, src, now);
         };
-        let limit = match transport {
-            Transport::Tcp => usize::from(u16::MAX),
-            Transport::Udp => usize::from(match query.edns_payload {
-                Some(p) => p.clamp(512, self.settings.max_udp_payload),
-                None => 512,
-            }),
-        };
-        if cached.len() > limit {
+        if cached.len() > self.size_limit(query, transport) {
             return FastStep::Miss;
         }
         let Lookup::Pod(pod) = self.identities.lookup(src) else {
@@ -223,14 +216,7 @@ impl Gateway {
         allowlist: Option<&Allowlist>,
         cached: &CachedAnswer,
     ) -> Verdict {
-        let empty;
-        let allowlist = match allowlist {
-            Some(a) => a,
-            None => {
-                empty = Allowlist::new(Vec::new());
-                &empty
-            }
-        };
+        let allowlist = allowlist.unwrap_or(Allowlist::empty());
         let default = self.settings.default_policy;
         if !allowlist.decide_name(&cached.name, default).is_allowed() {
             return Verdict {
@@ -252,6 +238,18 @@ impl Gateway {
         Verdict {
             allowed: true,
             grants: Arc::from(grants),
+        }
+    }
+
+    /// The largest answer `query` may get over `transport`: the client's EDNS buffer (512
+    /// without EDNS), at most `--max-udp-payload`, over UDP; a TCP message's 64 KiB.
+    pub(super) fn size_limit(&self, query: &PlainQuery, transport: Transport) -> usize {
+        match transport {
+            Transport::Tcp => usize::from(u16::MAX),
+            Transport::Udp => usize::from(match query.edns_payload {
+                Some(p) => p.clamp(512, self.settings.max_udp_payload),
+                None => 512,
+            }),
         }
     }
 

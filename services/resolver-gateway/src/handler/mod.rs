@@ -87,10 +87,19 @@ pub struct Gateway {
     pub metrics: Arc<GatewayMetrics>,
     answers: AnswerCache,
     denials: DenialCache,
-    /// Admission to `answers` and `denials` for what the wire path answers.
+    /// Admission to `answers` and `denials`: a question gets in on its second miss.
     doorkeeper: Doorkeeper,
     /// The DNS decision log (`--decision-logs`), JSON lines on stdout.
     decision_log: dnsfence_telemetry::jsonlog::LineLog,
+}
+
+/// The A/AAAA addresses among `records`, with their TTLs.
+pub(super) fn record_addresses(records: &[Record]) -> impl Iterator<Item = (IpAddr, u32)> + '_ {
+    records.iter().filter_map(|r| match &r.data {
+        RData::A(a) => Some((IpAddr::V4(a.0), r.ttl)),
+        RData::AAAA(a) => Some((IpAddr::V6(a.0), r.ttl)),
+        _ => None,
+    })
 }
 
 /// What became of a query's grants: the TTL the answer may carry, and whether it must be
@@ -237,7 +246,7 @@ impl Gateway {
             self.remember(raw, plain, &answer.message, wire, name);
         }
         if let (Some(note), Some(plain), Some(wire)) = (answer.denial, &plain, &bytes)
-            && let Some(key) = AnswerKey::of(raw, plain)
+            && let Some(key) = AnswerKey::of(raw, plain).filter(|k| self.doorkeeper.asked_before(k))
         {
             let denial = Denial::new(wire, answer.verdict, note.name, note.reason);
             self.denials.insert(&key, note.allowlist, denial);
@@ -322,14 +331,7 @@ impl Gateway {
                 };
             }
         };
-        let empty;
-        let allowlist: &Allowlist = match &pod.allowlist {
-            Some(a) => a,
-            None => {
-                empty = Allowlist::new(Vec::new());
-                &empty
-            }
-        };
+        let allowlist = pod.allowlist.as_deref().unwrap_or(Allowlist::empty());
         let decision = allowlist.decide_name(&name, self.settings.default_policy);
         if !decision.is_allowed() {
             let reason = decision.rest.to_string();
@@ -349,9 +351,7 @@ impl Gateway {
                 return plain(query, ResponseCode::ServFail, QueryVerdict::UpstreamFailure);
             }
         };
-        // A name asked for the second time (the record cache had it) gets an encoded copy for
-        // the fast path; names asked once, the bulk of a cache-busting load, cost no copy.
-        let remember = (cacheable.is_some() && resolved.from_cache).then(|| name.clone());
+        let remember = cacheable.is_some().then(|| name.clone());
         let mut message = response_to(query, resolved.rcode, self.settings.max_udp_payload);
         message.answers = resolved.answers;
         message.authorities = resolved.authority;
@@ -403,9 +403,10 @@ impl Gateway {
         delivered
     }
 
-    /// Keeps the encoded answer for the fast path (NOERROR and NXDOMAIN, not truncated). The
-    /// TTLs in `wire` may already be lowered to what this pod's grants live; the cached copy
-    /// then simply expires sooner.
+    /// Keeps the encoded answer for the fast path (NOERROR and NXDOMAIN, not truncated), from
+    /// the question's second miss on, as the wire path does (see [`crate::fast::Doorkeeper`]).
+    /// The TTLs in `wire` may already be lowered to what this pod's grants live; the cached
+    /// copy then simply expires sooner.
     fn remember(&self, raw: &[u8], plain: &PlainQuery, message: &Message, wire: &[u8], name: &str) {
         let truncated = wire.get(2).is_some_and(|b| b & 0x02 != 0);
         if truncated
@@ -416,21 +417,16 @@ impl Gateway {
         {
             return;
         }
+        let Some(key) = AnswerKey::of(raw, plain).filter(|k| self.doorkeeper.asked_before(k))
+        else {
+            return;
+        };
         let mut template = wire.to_vec();
         template[0..2].fill(0);
-        let addresses = message
-            .answers
-            .iter()
-            .filter_map(|r| match &r.data {
-                RData::A(a) => Some((IpAddr::V4(a.0), r.ttl)),
-                RData::AAAA(a) => Some((IpAddr::V6(a.0), r.ttl)),
-                _ => None,
-            })
-            .collect();
-        if let (Some(answer), Some(key)) = (
-            CachedAnswer::new(template, name.to_owned(), addresses, Instant::now()),
-            AnswerKey::of(raw, plain),
-        ) {
+        let addresses = record_addresses(&message.answers).collect();
+        if let Some(answer) =
+            CachedAnswer::new(template, name.to_owned(), addresses, Instant::now())
+        {
             self.answers.insert(&key, answer);
         }
     }
@@ -506,11 +502,7 @@ impl Gateway {
         pod_ip: IpAddr,
         answers: &[Record],
     ) -> Vec<Grant> {
-        let addresses = answers.iter().filter_map(|r| match &r.data {
-            RData::A(a) => Some((IpAddr::V4(a.0), r.ttl)),
-            RData::AAAA(a) => Some((IpAddr::V6(a.0), r.ttl)),
-            _ => None,
-        });
+        let addresses = record_addresses(answers);
         let mut grants = self.grants_for_addresses(allowlist, name, None, pod_ip, addresses);
         for g in &mut grants {
             g.pod_ip = grant_source(pod, pod_ip, g.destination_ip);

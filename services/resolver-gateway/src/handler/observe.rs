@@ -14,12 +14,11 @@ use dnsfence_policy::domain::normalize_name;
 use dnsfence_policy::model::{Rule, RuleKind, RuleOrigin};
 use dnsfence_telemetry::jsonlog::LogLine;
 use hickory_proto::op::Message;
-use hickory_proto::rr::RData;
 use tracing::Span;
 use tracing::field::Empty;
 
-use super::Gateway;
 use super::response::type_label;
+use super::{Gateway, record_addresses};
 use crate::config::{DecisionLogs, UnknownSource};
 use crate::identity::{Lookup, PodIdentity};
 use crate::metrics::{QueryVerdict, Transport};
@@ -154,16 +153,7 @@ impl Gateway {
             .as_ref()
             .map(|m| rcode_name(u16::from(m.metadata.response_code)));
         let answers = response
-            .map(|m| {
-                m.answers
-                    .iter()
-                    .filter_map(|r| match &r.data {
-                        RData::A(a) => Some(IpAddr::V4(a.0)),
-                        RData::AAAA(a) => Some(IpAddr::V6(a.0)),
-                        _ => None,
-                    })
-                    .collect()
-            })
+            .map(|m| record_addresses(&m.answers).map(|(ip, _)| ip).collect())
             .unwrap_or_default();
         let pod = match self.identities.lookup(src) {
             Lookup::Pod(p) => Some(p),
@@ -175,10 +165,8 @@ impl Gateway {
                 if self.is_cluster_name(&normalized) {
                     (None, None)
                 } else {
-                    match &p.allowlist {
-                        Some(a) => cause_of(a, &normalized, self),
-                        None => cause_of(&Allowlist::new(Vec::new()), &normalized, self),
-                    }
+                    let allowlist = p.allowlist.as_deref().unwrap_or(Allowlist::empty());
+                    cause_of(allowlist, &normalized, self)
                 }
             }
             _ => (None, None),

@@ -25,9 +25,7 @@ use crate::fast::{AnswerKey, CachedAnswer, Denial};
 use crate::identity::Lookup;
 use crate::metrics::{QueryVerdict, Transport};
 use crate::resolve::Question;
-use crate::wire::answer::{
-    Chain, RCODE_NOERROR, RCODE_NXDOMAIN, RCODE_SERVFAIL, UpstreamReading, read_answer,
-};
+use crate::wire::answer::{Chain, RCODE_SERVFAIL, UpstreamReading, read_answer};
 use crate::wire::{self, PlainQuery};
 
 const TYPE_CNAME: u16 = 5;
@@ -148,22 +146,9 @@ impl Gateway {
         let Lookup::Pod(pod) = self.identities.lookup(src) else {
             return None;
         };
-        let empty;
-        let allowlist: &Allowlist = match &pod.allowlist {
-            Some(a) => a,
-            None => {
-                empty = Allowlist::new(Vec::new());
-                &empty
-            }
-        };
+        let allowlist = pod.allowlist.as_deref().unwrap_or(Allowlist::empty());
         let payload = self.settings.max_udp_payload;
-        let limit = match transport {
-            Transport::Tcp => usize::from(u16::MAX),
-            Transport::Udp => usize::from(match query.edns_payload {
-                Some(p) => p.clamp(512, payload),
-                None => 512,
-            }),
-        };
+        let limit = self.size_limit(query, transport);
         let decision = allowlist.decide_name(&name, self.settings.default_policy);
         if !decision.is_allowed() {
             let reason = decision.rest.to_string();
@@ -172,8 +157,7 @@ impl Gateway {
             if out.len() > limit {
                 return None;
             }
-            if let Some(key) = AnswerKey::of(raw, query)
-                && self.doorkeeper.asked_before(&key)
+            if let Some(key) = AnswerKey::of(raw, query).filter(|k| self.doorkeeper.asked_before(k))
             {
                 let denial = Denial::new(&out, verdict, name, reason);
                 self.denials.insert(&key, pod.allowlist.clone(), denial);
@@ -203,18 +187,27 @@ impl Gateway {
             }
             UpstreamReading::Chain(chain) => chain,
         };
-        let mut out = self.answer_from_chain(raw, query, &upstream, &chain);
-        let (max_ttl, _) = self.resolver.ttl_caps();
+        let (max_ttl, max_negative_ttl) = self.resolver.ttl_caps();
         let ttl_max = max_ttl.min(secs(self.settings.grant_max_ttl));
+        let mut out = answer_from_chain(
+            raw,
+            query,
+            &upstream,
+            &chain,
+            ttl_max,
+            max_negative_ttl,
+            payload,
+        );
         let addresses: Vec<(IpAddr, u32)> = chain
             .addresses
             .iter()
             .map(|&(ip, ttl)| (ip, ttl.min(ttl_max)))
             .collect();
+        let key = AnswerKey::of(raw, query).filter(|_| chain.cacheable);
         if out.len() > limit {
             // Too big for the client's buffer: TC, so it asks again over TCP, where the cached
             // answer (and its grants) are waiting.
-            self.cache_wire_answer(raw, query, &out, &chain, name, addresses, true);
+            self.cache_wire_answer(key, &out, name, addresses, true);
             return Some((
                 bare_answer(raw, query, chain.rcode, true, payload),
                 QueryVerdict::Allowed,
@@ -242,70 +235,23 @@ impl Gateway {
             }
             ttl_cap = delivered.ttl_cap;
         }
-        let cap = secs(ttl_cap);
-        for &at in &chain.answer_ttls {
-            let ttl = wire::read_u32(&out, at).min(cap);
-            wire::write_u32(&mut out, at, ttl);
-        }
-        self.cache_wire_answer(raw, query, &out, &chain, name, addresses, false);
+        cap_ttls(&mut out, &chain.answer_ttls, secs(ttl_cap));
+        self.cache_wire_answer(key, &out, name, addresses, false);
         Some((out, QueryVerdict::Allowed))
     }
 
-    /// The upstream's answer made the client's: header, question as asked, the chain (and a
-    /// negative answer's SOA) with TTLs capped, our OPT record.
-    fn answer_from_chain(
-        &self,
-        raw: &[u8],
-        query: &PlainQuery,
-        upstream: &[u8],
-        chain: &Chain,
-    ) -> Vec<u8> {
-        let mut out = Vec::with_capacity(chain.end + 11);
-        out.extend_from_slice(&upstream[..chain.end]);
-        // Same name, maybe another case (DNS 0x20): pointers into it stay valid.
-        out[12..query.question_end].copy_from_slice(&raw[12..query.question_end]);
-        stamp_header(
-            &mut out,
-            query,
-            chain.rcode,
-            chain.answers,
-            u16::from(chain.soa.is_some()),
-        );
-        let (max_ttl, max_negative_ttl) = self.resolver.ttl_caps();
-        let cap = max_ttl.min(secs(self.settings.grant_max_ttl));
-        for &at in &chain.answer_ttls {
-            let ttl = wire::read_u32(&out, at).min(cap);
-            wire::write_u32(&mut out, at, ttl);
-        }
-        if let Some((at, minimum)) = chain.soa {
-            // RFC 2308: a negative answer lives min(SOA TTL, SOA MINIMUM).
-            let ttl = wire::read_u32(&out, at)
-                .min(minimum)
-                .min(max_negative_ttl)
-                .min(cap);
-            wire::write_u32(&mut out, at, ttl);
-        }
-        push_opt(&mut out, query, self.settings.max_udp_payload);
-        out
-    }
-
-    /// Stores the answer for the fast path: on the question's second miss (see
-    /// [`crate::fast::Doorkeeper`]), or at once when the client is told to retry over TCP.
-    #[allow(clippy::too_many_arguments)]
+    /// Stores the answer for the fast path under `key` (`None`: not cacheable): on the
+    /// question's second miss (see [`crate::fast::Doorkeeper`]), or at once when the client is
+    /// told to retry over TCP.
     fn cache_wire_answer(
         &self,
-        raw: &[u8],
-        query: &PlainQuery,
+        key: Option<AnswerKey>,
         out: &[u8],
-        chain: &Chain,
         name: String,
         addresses: Vec<(IpAddr, u32)>,
         retry_expected: bool,
     ) {
-        if !chain.cacheable || !(chain.rcode == RCODE_NOERROR || chain.rcode == RCODE_NXDOMAIN) {
-            return;
-        }
-        let Some(key) = AnswerKey::of(raw, query) else {
+        let Some(key) = key else {
             return;
         };
         if !self.doorkeeper.asked_before(&key) && !retry_expected {
@@ -316,6 +262,47 @@ impl Gateway {
         if let Some(answer) = CachedAnswer::new(template, name, addresses, Instant::now()) {
             self.answers.insert(&key, answer);
         }
+    }
+}
+
+/// The upstream's answer made the client's: header, question as asked, the chain (and a
+/// negative answer's SOA) with TTLs capped at `ttl_max` (the SOA's at RFC 2308's negative
+/// TTL, at most `max_negative_ttl`), our OPT record announcing `payload`.
+fn answer_from_chain(
+    raw: &[u8],
+    query: &PlainQuery,
+    upstream: &[u8],
+    chain: &Chain,
+    ttl_max: u32,
+    max_negative_ttl: u32,
+    payload: u16,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(chain.end + 11);
+    out.extend_from_slice(&upstream[..chain.end]);
+    // Same name, maybe another case (DNS 0x20): pointers into it stay valid.
+    out[12..query.question_end].copy_from_slice(&raw[12..query.question_end]);
+    stamp_header(
+        &mut out,
+        query,
+        chain.rcode,
+        chain.answers,
+        u16::from(chain.soa.is_some()),
+    );
+    cap_ttls(&mut out, &chain.answer_ttls, ttl_max);
+    if let Some((at, minimum)) = chain.soa {
+        // RFC 2308: a negative answer lives min(SOA TTL, SOA MINIMUM).
+        let ttl = minimum.min(max_negative_ttl).min(ttl_max);
+        cap_ttls(&mut out, &[at], ttl);
+    }
+    push_opt(&mut out, query, payload);
+    out
+}
+
+/// Lowers the TTLs at `offsets` to at most `cap`.
+fn cap_ttls(out: &mut [u8], offsets: &[usize], cap: u32) {
+    for &at in offsets {
+        let ttl = wire::read_u32(out, at).min(cap);
+        wire::write_u32(out, at, ttl);
     }
 }
 
