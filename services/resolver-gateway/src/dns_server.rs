@@ -4,8 +4,9 @@
 //! ordering) with [`TcpHandler`] as its `RequestHandler`. UDP has a loop of its own around
 //! hickory-proto: hickory-server's UDP path re-encodes every answer through its
 //! `MessageResponse` and hands each one through a channel to a single sender task, which
-//! costs more per query than the whole cache-hit path; here each worker receives, spawns the
-//! query and sends the answer from the task itself.
+//! costs more per query than the whole cache-hit path. Here each worker receives and answers
+//! cache hits itself, forwards misses itself (their answers go out from the upstream socket's
+//! receive task, see `handler::relay`), and spawns a task only for a query that must wait.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -46,44 +47,79 @@ pub async fn serve_udp(
                     r = socket.recv_from(&mut buf) => r,
                     _ = stop.wait_for(|s| *s) => return,
                 };
-                let (len, src) = match received {
-                    Ok(r) => r,
-                    Err(error) => {
-                        // ICMP port unreachable from an earlier answer surfaces here on Linux
-                        // as ECONNREFUSED; it concerns that client only.
-                        debug!(%error, "udp receive");
-                        continue;
-                    }
-                };
-                // Cache hits whose grants the enforcer already holds are answered right here:
-                // no copy of the packet, no task.
-                let now = match gateway.answer_now(&buf[..len], src, Transport::Udp) {
-                    Now::Answer(answer) => {
-                        send(&socket, &answer, src).await;
-                        continue;
-                    }
-                    later => later,
-                };
-                let packet = buf[..len].to_vec();
-                let gateway_for_query = Arc::clone(&gateway);
-                let socket_for_answer = Arc::clone(&socket);
-                let mut query = Box::pin(async move {
-                    if let Some(answer) = gateway_for_query
-                        .handle_later(&packet, src, Transport::Udp, now)
-                        .await
-                    {
-                        send(&socket_for_answer, &answer, src).await;
-                    }
-                });
-                // Denials and other answers that need no waiting finish here too.
-                if (&mut query).now_or_never().is_none() {
-                    tokio::spawn(query);
+                match received {
+                    Ok((len, src)) => handle_datagram(&gateway, &socket, &buf[..len], src).await,
+                    // ICMP port unreachable from an earlier answer surfaces here on Linux as
+                    // ECONNREFUSED; it concerns that client only.
+                    Err(error) => debug!(%error, "udp receive"),
                 }
             }
         }));
     }
     for l in loops {
         let _ = l.await;
+    }
+}
+
+/// Where a UDP query's answer goes.
+#[derive(Debug)]
+pub struct UdpClient {
+    socket: Arc<UdpSocket>,
+    addr: SocketAddr,
+}
+
+impl UdpClient {
+    /// Sends `answer` now, or from a task that waits for room in a full send buffer.
+    pub fn send(self, answer: Vec<u8>) {
+        match self.socket.try_send_to(&answer, self.addr) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                tokio::spawn(async move { send(&self.socket, &answer, self.addr).await });
+            }
+            Err(error) => debug!(to = %self.addr, %error, "udp send"),
+        }
+    }
+}
+
+/// One query: answered here from the caches, forwarded from here on a miss, or handed to a
+/// task when it must wait (grants to ack for a cached answer, a traced query).
+async fn handle_datagram(
+    gateway: &Arc<Gateway>,
+    socket: &Arc<UdpSocket>,
+    packet: &[u8],
+    src: SocketAddr,
+) {
+    let now = match gateway.answer_now(packet, src, Transport::Udp) {
+        Now::Answer(answer) => {
+            send(socket, &answer, src).await;
+            return;
+        }
+        // Misses are forwarded from here and answered from the upstream socket's receive
+        // task: no task of their own either.
+        Now::Later { cached: false } => {
+            let client = UdpClient {
+                socket: Arc::clone(socket),
+                addr: src,
+            };
+            gateway.relay_miss(packet, src, client);
+            return;
+        }
+        later => later,
+    };
+    let packet = packet.to_vec();
+    let gateway_for_query = Arc::clone(gateway);
+    let socket_for_answer = Arc::clone(socket);
+    let mut query = Box::pin(async move {
+        if let Some(answer) = gateway_for_query
+            .handle_later(&packet, src, Transport::Udp, now)
+            .await
+        {
+            send(&socket_for_answer, &answer, src).await;
+        }
+    });
+    // Answers that need no waiting finish here too.
+    if (&mut query).now_or_never().is_none() {
+        tokio::spawn(query);
     }
 }
 
@@ -229,6 +265,7 @@ fn socket_for(
 
 fn bind_udp(addr: SocketAddr, reuse_port: bool) -> std::io::Result<UdpSocket> {
     let socket = socket_for(addr, socket2::Type::DGRAM, reuse_port)?;
+    crate::resolve::enlarge_receive_buffer(&socket);
     UdpSocket::from_std(socket.into())
 }
 

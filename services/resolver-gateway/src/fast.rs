@@ -228,15 +228,19 @@ impl AnswerCache {
         lock(&self.shards[index])
     }
 
+    /// The fresh answer under `key`. An expired one stays until the FIFO order evicts it or a
+    /// new answer replaces it: it tells [`AnswerCache::holds`] the question earned a place.
     pub fn get(&self, key: &AnswerKey, now: Instant) -> Option<Arc<CachedAnswer>> {
         let key = key.as_slice();
-        let mut shard = self.shard(key);
+        let shard = self.shard(key);
         let entry = shard.get(key)?;
-        if entry.is_fresh(now) {
-            return Some(Arc::clone(entry));
-        }
-        shard.remove(key);
-        None
+        entry.is_fresh(now).then(|| Arc::clone(entry))
+    }
+
+    /// Whether an answer, fresh or expired, is stored under `key`.
+    pub fn holds(&self, key: &AnswerKey) -> bool {
+        let key = key.as_slice();
+        self.shard(key).get(key).is_some()
     }
 
     pub fn insert(&self, key: &AnswerKey, answer: CachedAnswer) {
@@ -332,6 +336,11 @@ impl DenialCache {
             .map(|(_, d)| Arc::clone(d))
     }
 
+    /// Whether a denial of any age, for any allowlist, is stored under `key`.
+    pub fn holds(&self, key: &AnswerKey) -> bool {
+        self.shard(key.as_slice()).get(key.as_slice()).is_some()
+    }
+
     pub fn insert(&self, key: &AnswerKey, allowlist: Option<Arc<Allowlist>>, denial: Denial) {
         let now = Instant::now();
         let key = key.as_slice();
@@ -362,7 +371,8 @@ fn same_allowlist(a: Option<&Arc<Allowlist>>, b: Option<&Arc<Allowlist>>) -> boo
 /// Cache admission: an answer is stored on the second query for its question seen within a
 /// while, not the first. Under a cache-busting load (every name asked once) storing costs a
 /// copy, an insertion and an eviction per query for entries nobody reads; names asked again
-/// (the ones a cache is for) get in on their second miss. One fingerprint per slot, no locks:
+/// (the ones a cache is for) get in on their second miss, and a question whose stored answer
+/// expired gets back in on its next one (see [`AnswerCache::holds`]). One fingerprint per slot, no locks:
 /// a collision only admits a name one query early or late.
 #[derive(Debug)]
 pub struct Doorkeeper {
@@ -423,5 +433,38 @@ mod doorkeeper_tests {
             .filter(|i| d.asked_before(&key(&format!("n{i}.test"))))
             .count();
         assert!(admitted < 5, "first asks are not admitted ({admitted})");
+    }
+
+    /// An answer to `name A` with one record of `ttl` seconds.
+    fn answer(name: &str, ttl: u32) -> Vec<u8> {
+        let mut wire = vec![0, 0, 0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 0];
+        for label in name.split('.') {
+            wire.push(label.len() as u8);
+            wire.extend_from_slice(label.as_bytes());
+        }
+        wire.extend_from_slice(&[0, 0, 1, 0, 1, 0xc0, 0x0c, 0, 1, 0, 1]);
+        wire.extend_from_slice(&ttl.to_be_bytes());
+        wire.extend_from_slice(&[0, 4, 192, 0, 2, 1]);
+        wire
+    }
+
+    #[test]
+    fn an_expired_answer_is_not_served_but_still_held() {
+        let cache = AnswerCache::new(16);
+        let now = Instant::now();
+        let stored = |at| {
+            CachedAnswer::new(answer("a.test", 5), "a.test".into(), Vec::new(), at)
+                .unwrap_or_else(|| panic!("cacheable"))
+        };
+        cache.insert(&key("a.test"), stored(now));
+        assert!(cache.get(&key("a.test"), now).is_some());
+        assert!(cache.holds(&key("a.test")));
+        let later = now + Duration::from_secs(6);
+        assert!(cache.get(&key("a.test"), later).is_none(), "expired");
+        assert!(cache.holds(&key("a.test")), "kept as a sign it was asked");
+        assert!(!cache.holds(&key("b.test")));
+        // a new answer replaces the expired one
+        cache.insert(&key("a.test"), stored(later));
+        assert!(cache.get(&key("a.test"), later).is_some());
     }
 }

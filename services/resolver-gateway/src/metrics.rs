@@ -41,6 +41,8 @@ pub enum QueryVerdict {
 }
 
 impl QueryVerdict {
+    const COUNT: usize = 8;
+
     pub fn as_str(self) -> &'static str {
         match self {
             QueryVerdict::Allowed => "allowed",
@@ -62,6 +64,76 @@ pub struct QueryLabels {
     /// Record type name (A, AAAA, TXT, ...), "other" for rare ones.
     pub qtype: &'static str,
     pub transport: Transport,
+}
+
+/// The record types counted by name; the rest are "other".
+const QTYPE_LABELS: [(u16, &str); 13] = [
+    (1, "A"),
+    (28, "AAAA"),
+    (5, "CNAME"),
+    (16, "TXT"),
+    (15, "MX"),
+    (33, "SRV"),
+    (65, "HTTPS"),
+    (64, "SVCB"),
+    (12, "PTR"),
+    (2, "NS"),
+    (6, "SOA"),
+    (257, "CAA"),
+    (255, "ANY"),
+];
+
+/// The `qtype` label of a record type: its name, or "other" for rare ones.
+pub fn qtype_label(qtype: u16) -> &'static str {
+    QTYPE_LABELS
+        .iter()
+        .find(|(t, _)| *t == qtype)
+        .map_or("other", |(_, name)| name)
+}
+
+fn qtype_index(qtype: u16) -> usize {
+    QTYPE_LABELS
+        .iter()
+        .position(|(t, _)| *t == qtype)
+        .unwrap_or(QTYPE_LABELS.len())
+}
+
+/// `dnsfence_gateway_queries`: the family's label set is hashed into its map once per
+/// combination; every query after that indexes a table of the same counters.
+#[derive(Debug, Clone)]
+pub struct QueryCounters {
+    family: Family<QueryLabels, Counter>,
+    table: std::sync::Arc<[std::sync::OnceLock<Counter>]>,
+}
+
+impl Default for QueryCounters {
+    fn default() -> QueryCounters {
+        let size = QueryVerdict::COUNT * (QTYPE_LABELS.len() + 1) * 2;
+        QueryCounters {
+            family: Family::default(),
+            table: (0..size).map(|_| std::sync::OnceLock::new()).collect(),
+        }
+    }
+}
+
+impl QueryCounters {
+    pub fn inc(&self, verdict: QueryVerdict, qtype: u16, transport: Transport) {
+        let index = ((verdict as usize) * (QTYPE_LABELS.len() + 1) + qtype_index(qtype)) * 2
+            + transport as usize;
+        let Some(slot) = self.table.get(index) else {
+            return;
+        };
+        slot.get_or_init(|| {
+            self.family
+                .get_or_create(&QueryLabels {
+                    verdict,
+                    qtype: qtype_label(qtype),
+                    transport,
+                })
+                .clone()
+        })
+        .inc();
+    }
 }
 
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
@@ -108,7 +180,7 @@ snake_label!(AckFailure);
 
 #[derive(Debug, Clone)]
 pub struct GatewayMetrics {
-    pub queries: Family<QueryLabels, Counter>,
+    pub queries: QueryCounters,
     pub query_duration: Histogram,
     pub grant_ack_latency: Histogram,
     pub grant_ack_failures: Family<ReasonLabels, Counter>,
@@ -126,7 +198,7 @@ pub struct GatewayMetrics {
 impl GatewayMetrics {
     pub fn register(registry: &mut Registry) -> GatewayMetrics {
         let m = GatewayMetrics {
-            queries: Family::default(),
+            queries: QueryCounters::default(),
             query_duration: Histogram::new(exponential_buckets(25e-6, 2.0, 18)),
             grant_ack_latency: Histogram::new(exponential_buckets(25e-6, 2.0, 16)),
             grant_ack_failures: Family::default(),
@@ -145,7 +217,7 @@ impl GatewayMetrics {
         r.register(
             "dnsfence_gateway_queries",
             "DNS queries by verdict, record type and transport",
-            m.queries.clone(),
+            m.queries.family.clone(),
         );
         r.register(
             "dnsfence_gateway_query_duration_seconds",
@@ -208,5 +280,57 @@ impl GatewayMetrics {
             m.decision_log_lines_dropped.clone(),
         );
         m
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_counters_count_each_label_set_on_its_own() {
+        let counters = QueryCounters::default();
+        counters.inc(QueryVerdict::Allowed, 1, Transport::Udp);
+        counters.inc(QueryVerdict::Allowed, 1, Transport::Udp);
+        counters.inc(QueryVerdict::Allowed, 1, Transport::Tcp);
+        counters.inc(QueryVerdict::UpstreamFailure, 28, Transport::Tcp);
+        counters.inc(QueryVerdict::Denied, 4242, Transport::Udp);
+        counters.inc(QueryVerdict::Denied, 99, Transport::Udp);
+        let count = |verdict, qtype, transport| {
+            counters
+                .family
+                .get_or_create(&QueryLabels {
+                    verdict,
+                    qtype,
+                    transport,
+                })
+                .get()
+        };
+        assert_eq!(count(QueryVerdict::Allowed, "A", Transport::Udp), 2);
+        assert_eq!(count(QueryVerdict::Allowed, "A", Transport::Tcp), 1);
+        assert_eq!(
+            count(QueryVerdict::UpstreamFailure, "AAAA", Transport::Tcp),
+            1
+        );
+        assert_eq!(count(QueryVerdict::Denied, "other", Transport::Udp), 2);
+        assert_eq!(count(QueryVerdict::Denied, "A", Transport::Udp), 0);
+    }
+
+    #[test]
+    fn every_verdict_has_a_row_of_its_own() {
+        let all = [
+            QueryVerdict::Allowed,
+            QueryVerdict::Denied,
+            QueryVerdict::SearchExpansion,
+            QueryVerdict::Cluster,
+            QueryVerdict::UnknownSource,
+            QueryVerdict::NotReady,
+            QueryVerdict::Invalid,
+            QueryVerdict::UpstreamFailure,
+        ];
+        assert_eq!(all.len(), QueryVerdict::COUNT);
+        assert!(all.iter().all(|v| (*v as usize) < QueryVerdict::COUNT));
+        assert_eq!(qtype_label(65), "HTTPS");
+        assert_eq!(qtype_label(0), "other");
     }
 }

@@ -9,7 +9,7 @@ use std::{
 };
 
 use dnsfence_resolver_gateway::resolve::{
-    CacheConfig, Resolved, Resolver, ResolverMetrics, UpstreamConfig,
+    CacheConfig, Question, Resolved, Resolver, ResolverMetrics, UpstreamConfig,
 };
 use dnsfence_test_authority::{Authority, RunningAuthority, Zone};
 use hickory_proto::{
@@ -393,16 +393,7 @@ async fn negative_chain_end_from_a_recursive_upstream_is_not_chased() {
 /// SERVFAIL from every attempt comes back as SERVFAIL (and is not cached).
 #[tokio::test]
 async fn servfail_everywhere_is_reported_and_not_cached() {
-    let (addr, task) = fake_upstream(|query| {
-        let q = query.queries[0].clone();
-        vec![response(
-            query.metadata.id,
-            q,
-            ResponseCode::ServFail,
-            Vec::new(),
-        )]
-    })
-    .await;
+    let (addr, task) = fake_upstream(servfail).await;
     let mut registry = Registry::default();
     let r = resolver_with(vec![addr], Duration::from_secs(2), &mut registry).await;
     let res = resolve(&r, "www.broken.test.", RecordType::A).await;
@@ -589,6 +580,17 @@ fn response(id: u16, question: Query, rcode: ResponseCode, answers: Vec<Record>)
     m
 }
 
+/// Answers every query SERVFAIL.
+fn servfail(query: &Message) -> Vec<Message> {
+    let q = query.queries[0].clone();
+    vec![response(
+        query.metadata.id,
+        q,
+        ResponseCode::ServFail,
+        Vec::new(),
+    )]
+}
+
 /// Answers every query four times: wrong ID, wrong name, wrong type, then right.
 fn lying(query: &Message) -> Vec<Message> {
     let question = query.queries[0].clone();
@@ -717,4 +719,81 @@ async fn bad_configuration_is_refused() {
     .await
     .unwrap_err();
     assert!(err.to_string().contains("no upstream"), "{err}");
+}
+
+/// Relays `name A` and returns what its continuation got, and when.
+async fn relayed(r: &Resolver, name: &str) -> (Option<Vec<u8>>, std::time::Instant) {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let question = Question::new(&Name::from_ascii(name).unwrap(), RecordType::A);
+    r.relay_wire(
+        question,
+        Box::new(move |answer| {
+            let _ = tx.send((answer.map(<[u8]>::to_vec), std::time::Instant::now()));
+        }),
+    );
+    rx.await.expect("the continuation is called")
+}
+
+#[tokio::test]
+async fn a_relayed_query_hands_its_answer_to_the_continuation() {
+    let auth = authority().await;
+    let mut registry = Registry::default();
+    let r = resolver_with(vec![auth.addr()], Duration::from_secs(5), &mut registry).await;
+    let (answer, _) = relayed(&r, "WWW.example.test.").await;
+    let message = Message::from_vec(&answer.expect("an answer")).unwrap();
+    assert_eq!(message.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(message.answers.len(), 2);
+    assert_eq!(auth.queries(), 1);
+    let ok = format!(
+        "dnsfence_gateway_upstream_queries_total{{pool=\"upstream\",upstream=\"{}\",result=\"ok\"}}",
+        auth.addr()
+    );
+    assert_eq!(metric(&registry, &ok), 1.0);
+}
+
+#[tokio::test]
+async fn a_relayed_query_without_an_answer_gets_none_once_it_timed_out() {
+    let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut registry = Registry::default();
+    let timeout = Duration::from_millis(200);
+    let r = resolver_with(vec![silent.local_addr().unwrap()], timeout, &mut registry).await;
+    let sent = std::time::Instant::now();
+    let (answer, called) = relayed(&r, "www.example.test.").await;
+    assert!(answer.is_none(), "no answer: take the regular path");
+    let waited = called - sent;
+    // The sweep runs every quarter of the timeout.
+    assert!(waited >= timeout, "{waited:?}");
+    assert!(waited < timeout * 3, "{waited:?}");
+    let timeouts = format!(
+        "dnsfence_gateway_upstream_queries_total{{pool=\"upstream\",upstream=\"{}\",result=\"timeout\"}}",
+        silent.local_addr().unwrap()
+    );
+    assert_eq!(metric(&registry, &timeouts), 1.0);
+}
+
+#[tokio::test]
+async fn a_relayed_query_answered_servfail_or_by_liars_gets_only_the_true_answer_or_none() {
+    let (addr, task) = fake_upstream(servfail).await;
+    let mut registry = Registry::default();
+    let r = resolver_with(vec![addr], Duration::from_secs(2), &mut registry).await;
+    let (answer, _) = relayed(&r, "www.broken.test.").await;
+    assert!(answer.is_none(), "SERVFAIL: the regular path asks again");
+    let servfail = format!(
+        "dnsfence_gateway_upstream_queries_total{{pool=\"upstream\",upstream=\"{addr}\",result=\"servfail\"}}"
+    );
+    assert_eq!(metric(&registry, &servfail), 1.0);
+    task.abort();
+
+    // Wrong ID, wrong name and wrong type are skipped; the matching answer comes through.
+    let (addr, task) = fake_upstream(lying).await;
+    let r = resolver_with(vec![addr], Duration::from_secs(2), &mut Registry::default()).await;
+    let (answer, _) = relayed(&r, "www.example.test.").await;
+    let message = Message::from_vec(&answer.expect("the true answer")).unwrap();
+    let evil = RData::A(A(Ipv4Addr::new(6, 6, 6, 6)));
+    assert!(!message.answers.is_empty());
+    assert!(
+        message.answers.iter().all(|r| r.data != evil),
+        "{message:?}"
+    );
+    task.abort();
 }

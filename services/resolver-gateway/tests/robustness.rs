@@ -163,6 +163,16 @@ async fn a_dead_upstream_is_skipped_and_with_none_left_the_answer_is_servfail() 
         ) >= 1.0,
         "{metrics}"
     );
+    // The relayed first attempt counts against --upstream-attempts: two in all.
+    assert_eq!(
+        metric(
+            &metrics,
+            "dnsfence_gateway_upstream_queries_total",
+            &["result=\"timeout\""]
+        ),
+        2.0,
+        "{metrics}"
+    );
 }
 
 #[tokio::test]

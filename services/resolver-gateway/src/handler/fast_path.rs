@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use dnsfence_api::Grant;
 use dnsfence_policy::allowlist::{Allowlist, Destination};
-use hickory_proto::rr::RecordType;
 
 use super::Gateway;
 use crate::fast::{AnswerKey, CachedAnswer, GrantTemplate, Verdict};
@@ -83,7 +82,7 @@ impl Gateway {
         };
         match self.fast_step(raw, &query, src.ip(), transport, started) {
             FastStep::Answer(bytes, verdict) => {
-                self.count(verdict, RecordType::from(query.qtype), transport, started);
+                self.count(verdict, query.qtype, transport, started);
                 self.log_decision(raw, src, transport, verdict, Some(&bytes));
                 Now::Answer(bytes)
             }

@@ -13,11 +13,12 @@ use dnsfence_policy::allowlist::{Allowlist, DefaultPolicy, Destination};
 use dnsfence_policy::domain::normalize_name;
 use dnsfence_policy::ports::PortSet;
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
-use hickory_proto::rr::{DNSClass, RData, Record, RecordType};
+use hickory_proto::rr::{DNSClass, RData, Record};
 use tracing::{Instrument, debug, instrument, warn};
 
 mod fast_path;
 mod observe;
+mod relay;
 mod response;
 mod wire_path;
 
@@ -25,14 +26,14 @@ pub use fast_path::Now;
 use fast_path::grant_source;
 use response::{
     add_ede, cap_ttls, encode, format_error_from_header, plain, response_to, search_expansion_of,
-    type_label, udp_limit,
+    udp_limit,
 };
 
 use crate::config::{AckTimeoutAction, Config, DecisionLogs, DeniedRcode, UnknownSource};
 use crate::fast::{AnswerCache, AnswerKey, CachedAnswer, Denial, DenialCache, Doorkeeper};
 use crate::grants::{Delivery, GrantHub};
 use crate::identity::{Identities, Lookup, PodIdentity};
-use crate::metrics::{GatewayMetrics, QueryLabels, QueryVerdict, ReasonLabels, Transport};
+use crate::metrics::{GatewayMetrics, QueryVerdict, ReasonLabels, Transport};
 use crate::resolve::Resolver;
 use crate::wire::{PlainQuery, parse_plain_query};
 
@@ -207,15 +208,14 @@ impl Gateway {
             && let Some((bytes, verdict)) =
                 self.fast(raw, plain, src.ip(), transport, started).await
         {
-            let qtype = RecordType::from(plain.qtype);
-            self.count(verdict, qtype, transport, started);
+            self.count(verdict, plain.qtype, transport, started);
             self.log_decision(raw, src, transport, verdict, Some(&bytes));
             return (Some(bytes), Some(verdict));
         }
         if let Some(plain) = &plain
             && let Some((bytes, verdict)) = self.wire_miss(raw, plain, src.ip(), transport).await
         {
-            self.count(verdict, RecordType::from(plain.qtype), transport, started);
+            self.count(verdict, plain.qtype, transport, started);
             self.log_decision(raw, src, transport, verdict, Some(&bytes));
             return (Some(bytes), Some(verdict));
         }
@@ -234,7 +234,7 @@ impl Gateway {
         let qtype = query
             .queries
             .first()
-            .map_or(RecordType::Unknown(0), |q| q.query_type());
+            .map_or(0, |q| u16::from(q.query_type()));
         let cacheable = plain.as_ref().map(|p| (raw, p));
         let answer = self.answer(&query, src.ip(), cacheable).await;
         let limit = match transport {
@@ -246,7 +246,8 @@ impl Gateway {
             self.remember(raw, plain, &answer.message, wire, name);
         }
         if let (Some(note), Some(plain), Some(wire)) = (answer.denial, &plain, &bytes)
-            && let Some(key) = AnswerKey::of(raw, plain).filter(|k| self.doorkeeper.asked_before(k))
+            && let Some(key) =
+                AnswerKey::of(raw, plain).filter(|k| self.admitted(k, self.denials.holds(k)))
         {
             let denial = Denial::new(wire, answer.verdict, note.name, note.reason);
             self.denials.insert(&key, note.allowlist, denial);
@@ -256,21 +257,8 @@ impl Gateway {
         (bytes, Some(answer.verdict))
     }
 
-    fn count(
-        &self,
-        verdict: QueryVerdict,
-        qtype: RecordType,
-        transport: Transport,
-        started: Instant,
-    ) {
-        self.metrics
-            .queries
-            .get_or_create(&QueryLabels {
-                verdict,
-                qtype: type_label(qtype),
-                transport,
-            })
-            .inc();
+    fn count(&self, verdict: QueryVerdict, qtype: u16, transport: Transport, started: Instant) {
+        self.metrics.queries.inc(verdict, qtype, transport);
         self.metrics
             .query_duration
             .observe(started.elapsed().as_secs_f64());
@@ -375,6 +363,13 @@ impl Gateway {
         }
     }
 
+    /// Cache admission (see [`crate::fast::Doorkeeper`]): on a question's second miss within a
+    /// while, or on its first when an expired answer of it is still stored (it was asked
+    /// before). The doorkeeper is asked either way, so it remembers this miss.
+    fn admitted(&self, key: &AnswerKey, stored_before: bool) -> bool {
+        self.doorkeeper.asked_before(key) | stored_before
+    }
+
     /// Sends a query's grants to the enforcers of `node` and waits for the ack (bounded by
     /// `--grant-ack-timeout`); counts a failure.
     async fn deliver(&self, node: &str, grants: Vec<Grant>, name: &str) -> Delivered {
@@ -417,7 +412,8 @@ impl Gateway {
         {
             return;
         }
-        let Some(key) = AnswerKey::of(raw, plain).filter(|k| self.doorkeeper.asked_before(k))
+        let Some(key) =
+            AnswerKey::of(raw, plain).filter(|k| self.admitted(k, self.answers.holds(k)))
         else {
             return;
         };

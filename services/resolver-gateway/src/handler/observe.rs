@@ -17,11 +17,10 @@ use hickory_proto::op::Message;
 use tracing::Span;
 use tracing::field::Empty;
 
-use super::response::type_label;
 use super::{Gateway, record_addresses};
 use crate::config::{DecisionLogs, UnknownSource};
 use crate::identity::{Lookup, PodIdentity};
-use crate::metrics::{QueryVerdict, Transport};
+use crate::metrics::{QueryVerdict, Transport, qtype_label};
 
 /// What is known about one answered query.
 struct QueryFacts {
@@ -147,7 +146,9 @@ impl Gateway {
             let text = q.name().to_string();
             text.strip_suffix('.').unwrap_or(&text).to_owned()
         });
-        let qtype = question.as_ref().map(|q| type_label(q.query_type()));
+        let qtype = question
+            .as_ref()
+            .map(|q| qtype_label(u16::from(q.query_type())));
         let response = answer.and_then(|a| Message::from_vec(a).ok());
         let rcode = response
             .as_ref()

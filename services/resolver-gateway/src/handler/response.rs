@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use dnsfence_policy::allowlist::{Allowlist, DefaultPolicy};
 use hickory_proto::op::{Edns, Message, OpCode, ResponseCode};
+use hickory_proto::rr::Record;
 use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption};
-use hickory_proto::rr::{Record, RecordType};
 use tracing::warn;
 
 use super::Answer;
@@ -130,23 +130,4 @@ pub(super) fn format_error_from_header(raw: &[u8]) -> Option<Vec<u8>> {
     Message::error_msg(id, op_code, ResponseCode::FormErr)
         .to_vec()
         .ok()
-}
-
-pub(super) fn type_label(t: RecordType) -> &'static str {
-    match t {
-        RecordType::A
-        | RecordType::AAAA
-        | RecordType::CNAME
-        | RecordType::TXT
-        | RecordType::MX
-        | RecordType::SRV
-        | RecordType::HTTPS
-        | RecordType::SVCB
-        | RecordType::PTR
-        | RecordType::NS
-        | RecordType::SOA
-        | RecordType::CAA
-        | RecordType::ANY => t.into(),
-        _ => "other",
-    }
 }

@@ -13,7 +13,10 @@
 //! upstream again.
 
 use std::net::IpAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use dnsfence_api::Grant;
+use dnsfence_policy::allowlist::NameDecision;
 
 use dnsfence_policy::allowlist::Allowlist;
 use tracing::{debug, warn};
@@ -22,7 +25,7 @@ use super::fast_path::grant_source;
 use super::response::ERROR_ANSWER_PAYLOAD;
 use super::{EDE_BLOCKED, Gateway};
 use crate::fast::{AnswerKey, CachedAnswer, Denial};
-use crate::identity::Lookup;
+use crate::identity::{Lookup, PodIdentity};
 use crate::metrics::{QueryVerdict, Transport};
 use crate::resolve::Question;
 use crate::wire::answer::{Chain, RCODE_SERVFAIL, UpstreamReading, read_answer};
@@ -37,12 +40,13 @@ const EDE_OPTION: u16 = 15;
 /// dot), if every label is plain (letters, digits, `-`, `_`, `*`); other names go the long
 /// way, whose `Name` handles escapes.
 fn dotted_name(wire_name: &[u8]) -> Option<String> {
-    let mut name = String::with_capacity(wire_name.len());
+    let mut name = Vec::with_capacity(wire_name.len());
     let mut at = 0;
     loop {
         let len = usize::from(*wire_name.get(at)?);
         if len == 0 {
-            return Some(name);
+            // ASCII only, checked label by label
+            return String::from_utf8(name).ok();
         }
         let label = wire_name.get(at + 1..at + 1 + len)?;
         if !label
@@ -52,9 +56,9 @@ fn dotted_name(wire_name: &[u8]) -> Option<String> {
             return None;
         }
         if !name.is_empty() {
-            name.push('.');
+            name.push(b'.');
         }
-        name.extend(label.iter().map(|b| char::from(b.to_ascii_lowercase())));
+        name.extend(label.iter().map(u8::to_ascii_lowercase));
         at += 1 + len;
     }
 }
@@ -116,6 +120,49 @@ fn push_opt(out: &mut Vec<u8>, query: &PlainQuery, payload: u16) {
     }
 }
 
+/// An allowed name's query on its way upstream: what [`Gateway::wire_start`] decided.
+pub(super) struct Forward {
+    name: String,
+    pod: PodIdentity,
+    decision: NameDecision,
+    limit: usize,
+}
+
+impl Forward {
+    /// The question to ask the upstream: the client's, lower-cased.
+    pub(super) fn question(raw: &[u8], query: &PlainQuery) -> Question {
+        Question::from_wire(&raw[12..query.question_end - 4], query.qtype)
+    }
+}
+
+/// What the wire path does before asking the upstream.
+// Made and matched once per miss: boxing the forward would cost an allocation per query.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum WireStart {
+    /// A denial, answered at once.
+    Answer(Vec<u8>, QueryVerdict),
+    Forward(Forward),
+}
+
+/// The upstream's answer, made the client's.
+pub(super) enum WireEnd {
+    /// To be sent at once (the enforcer already holds its grants, or there are none).
+    Answer(Vec<u8>, QueryVerdict),
+    /// To be sent once the enforcer acked its grants ([`Gateway::wire_deliver`]).
+    Deliver(Box<HeldAnswer>),
+}
+
+/// An answer waiting for its grants' ack.
+pub(super) struct HeldAnswer {
+    out: Vec<u8>,
+    answer_ttls: Vec<usize>,
+    grants: Vec<Grant>,
+    node: String,
+    name: String,
+    key: Option<AnswerKey>,
+    addresses: Vec<(IpAddr, u32)>,
+}
+
 impl Gateway {
     /// Answers a plain query that missed the caches on the wire: a denial, or the
     /// upstream's answer for an allowed name. `None`: the long way answers (not ready, an
@@ -128,6 +175,65 @@ impl Gateway {
         src: IpAddr,
         transport: Transport,
     ) -> Option<(Vec<u8>, QueryVerdict)> {
+        match self.wire_start(raw, query, src, transport)? {
+            WireStart::Answer(bytes, verdict) => Some((bytes, verdict)),
+            WireStart::Forward(forward) => self.wire_forward(raw, query, src, forward, false).await,
+        }
+    }
+
+    /// Asks the upstream for an allowed name and answers with what it says. `after_relay`:
+    /// a relayed first attempt brought no answer, these are the others. `None`: the long way
+    /// answers.
+    pub(super) async fn wire_forward(
+        &self,
+        raw: &[u8],
+        query: &PlainQuery,
+        src: IpAddr,
+        forward: Forward,
+        after_relay: bool,
+    ) -> Option<(Vec<u8>, QueryVerdict)> {
+        let question = Forward::question(raw, query);
+        let asked = if after_relay {
+            self.resolver.forward_wire_after_relay(question).await
+        } else {
+            self.resolver.forward_wire(question).await
+        };
+        let upstream = match asked {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                warn!(name = %forward.name, qtype = query.qtype, %error, "upstream resolution failed");
+                return Some(self.wire_servfail(raw, query, QueryVerdict::UpstreamFailure));
+            }
+        };
+        match self.wire_end(raw, query, src, forward, &upstream)? {
+            WireEnd::Answer(bytes, verdict) => Some((bytes, verdict)),
+            WireEnd::Deliver(held) => Some(self.wire_deliver(raw, query, held).await),
+        }
+    }
+
+    /// SERVFAIL with the client's header and question.
+    pub(super) fn wire_servfail(
+        &self,
+        raw: &[u8],
+        query: &PlainQuery,
+        verdict: QueryVerdict,
+    ) -> (Vec<u8>, QueryVerdict) {
+        let payload = self.settings.max_udp_payload;
+        (
+            bare_answer(raw, query, RCODE_SERVFAIL, false, payload),
+            verdict,
+        )
+    }
+
+    /// The wire path up to the upstream: a denial, or the allowed name to forward. `None`:
+    /// the long way answers.
+    pub(super) fn wire_start(
+        &self,
+        raw: &[u8],
+        query: &PlainQuery,
+        src: IpAddr,
+        transport: Transport,
+    ) -> Option<WireStart> {
         // CNAME and ANY answers are no chain; OPT and the meta types (128-255) no question.
         if query.qtype == TYPE_CNAME
             || query.qtype == TYPE_OPT
@@ -147,40 +253,52 @@ impl Gateway {
             return None;
         };
         let allowlist = pod.allowlist.as_deref().unwrap_or(Allowlist::empty());
-        let payload = self.settings.max_udp_payload;
         let limit = self.size_limit(query, transport);
         let decision = allowlist.decide_name(&name, self.settings.default_policy);
-        if !decision.is_allowed() {
-            let reason = decision.rest.to_string();
-            let (rcode, verdict, text) = self.denial(allowlist, &name, &reason);
-            let out = denial_answer(raw, query, rcode.low(), &text)?;
-            if out.len() > limit {
-                return None;
-            }
-            if let Some(key) = AnswerKey::of(raw, query).filter(|k| self.doorkeeper.asked_before(k))
-            {
-                let denial = Denial::new(&out, verdict, name, reason);
-                self.denials.insert(&key, pod.allowlist.clone(), denial);
-            }
-            return Some((out, verdict));
+        if decision.is_allowed() {
+            return Some(WireStart::Forward(Forward {
+                name,
+                pod,
+                decision,
+                limit,
+            }));
         }
-        let upstream = match self
-            .resolver
-            .forward_wire(Question::from_wire(wire_name, query.qtype))
-            .await
+        let reason = decision.rest.to_string();
+        let (rcode, verdict, text) = self.denial(allowlist, &name, &reason);
+        let out = denial_answer(raw, query, rcode.low(), &text)?;
+        if out.len() > limit {
+            return None;
+        }
+        if let Some(key) =
+            AnswerKey::of(raw, query).filter(|k| self.admitted(k, self.denials.holds(k)))
         {
-            Ok(bytes) => bytes,
-            Err(error) => {
-                warn!(%name, qtype = query.qtype, %error, "upstream resolution failed");
-                return Some((
-                    bare_answer(raw, query, RCODE_SERVFAIL, false, payload),
-                    QueryVerdict::UpstreamFailure,
-                ));
-            }
-        };
-        let chain = match read_answer(&upstream, query.qtype)? {
+            let denial = Denial::new(&out, verdict, name, reason);
+            self.denials.insert(&key, pod.allowlist.clone(), denial);
+        }
+        Some(WireStart::Answer(out, verdict))
+    }
+
+    /// The upstream's answer made the client's, with the grants of its addresses: to send
+    /// now when the enforcer holds them already, else to hold until it acked. `None`: the
+    /// long way answers (it asks the upstream again).
+    pub(super) fn wire_end(
+        &self,
+        raw: &[u8],
+        query: &PlainQuery,
+        src: IpAddr,
+        forward: Forward,
+        upstream: &[u8],
+    ) -> Option<WireEnd> {
+        let payload = self.settings.max_udp_payload;
+        let Forward {
+            name,
+            pod,
+            decision,
+            limit,
+        } = forward;
+        let chain = match read_answer(upstream, query.qtype)? {
             UpstreamReading::Rcode(rcode) => {
-                return Some((
+                return Some(WireEnd::Answer(
                     bare_answer(raw, query, rcode, false, payload),
                     QueryVerdict::Allowed,
                 ));
@@ -189,10 +307,10 @@ impl Gateway {
         };
         let (max_ttl, max_negative_ttl) = self.resolver.ttl_caps();
         let ttl_max = max_ttl.min(secs(self.settings.grant_max_ttl));
-        let mut out = answer_from_chain(
+        let out = answer_from_chain(
             raw,
             query,
-            &upstream,
+            upstream,
             &chain,
             ttl_max,
             max_negative_ttl,
@@ -208,13 +326,13 @@ impl Gateway {
             // Too big for the client's buffer: TC, so it asks again over TCP, where the cached
             // answer (and its grants) are waiting.
             self.cache_wire_answer(key, &out, name, addresses, true);
-            return Some((
+            return Some(WireEnd::Answer(
                 bare_answer(raw, query, chain.rcode, true, payload),
                 QueryVerdict::Allowed,
             ));
         }
         let mut ttl_cap = self.settings.grant_max_ttl;
-        if pod.allowlist.is_some() {
+        if let Some(allowlist) = &pod.allowlist {
             let mut grants = self.grants_for_addresses(
                 allowlist,
                 &name,
@@ -225,24 +343,69 @@ impl Gateway {
             for g in &mut grants {
                 g.pod_ip = grant_source(&pod, src, g.destination_ip);
             }
-            debug!(pod = %pod.workload(), count = grants.len(), "grants");
-            let delivered = self.deliver(pod.node(), grants, &name).await;
-            if delivered.servfail {
-                return Some((
-                    bare_answer(raw, query, RCODE_SERVFAIL, false, payload),
-                    QueryVerdict::Allowed,
-                ));
+            if !grants.is_empty() {
+                let wanted = grants
+                    .iter()
+                    .map(|g| (g.pod_ip, g.destination_ip, g.ports.as_slice(), g.lifetime));
+                let Some(remaining) = self.hub.already_held(pod.node(), wanted) else {
+                    debug!(pod = %pod.workload(), count = grants.len(), "grants");
+                    return Some(WireEnd::Deliver(Box::new(HeldAnswer {
+                        out,
+                        answer_ttls: chain.answer_ttls,
+                        grants,
+                        node: pod.node().to_owned(),
+                        name,
+                        key,
+                        addresses,
+                    })));
+                };
+                ttl_cap = ttl_cap.min(remaining);
+                self.metrics.grants_deduplicated.inc_by(grants.len() as u64);
             }
-            ttl_cap = delivered.ttl_cap;
         }
-        cap_ttls(&mut out, &chain.answer_ttls, secs(ttl_cap));
-        self.cache_wire_answer(key, &out, name, addresses, false);
-        Some((out, QueryVerdict::Allowed))
+        let out = self.wire_finish(out, &chain.answer_ttls, ttl_cap, key, name, addresses);
+        Some(WireEnd::Answer(out, QueryVerdict::Allowed))
     }
 
-    /// Stores the answer for the fast path under `key` (`None`: not cacheable): on the
-    /// question's second miss (see [`crate::fast::Doorkeeper`]), or at once when the client is
-    /// told to retry over TCP.
+    /// Sends a held answer's grants, waits for the ack, and makes the answer.
+    pub(super) async fn wire_deliver(
+        &self,
+        raw: &[u8],
+        query: &PlainQuery,
+        held: Box<HeldAnswer>,
+    ) -> (Vec<u8>, QueryVerdict) {
+        let delivered = self.deliver(&held.node, held.grants, &held.name).await;
+        if delivered.servfail {
+            return self.wire_servfail(raw, query, QueryVerdict::Allowed);
+        }
+        let out = self.wire_finish(
+            held.out,
+            &held.answer_ttls,
+            delivered.ttl_cap,
+            held.key,
+            held.name,
+            held.addresses,
+        );
+        (out, QueryVerdict::Allowed)
+    }
+
+    /// The answer's TTLs capped at what its grants live, and the answer kept for the fast path.
+    fn wire_finish(
+        &self,
+        mut out: Vec<u8>,
+        answer_ttls: &[usize],
+        ttl_cap: Duration,
+        key: Option<AnswerKey>,
+        name: String,
+        addresses: Vec<(IpAddr, u32)>,
+    ) -> Vec<u8> {
+        cap_ttls(&mut out, answer_ttls, secs(ttl_cap));
+        self.cache_wire_answer(key, &out, name, addresses, false);
+        out
+    }
+
+    /// Stores the answer for the fast path under `key` (`None`: not cacheable) when
+    /// [`Gateway::admitted`], or at once when the client is told to retry over TCP.
     fn cache_wire_answer(
         &self,
         key: Option<AnswerKey>,
@@ -254,7 +417,7 @@ impl Gateway {
         let Some(key) = key else {
             return;
         };
-        if !self.doorkeeper.asked_before(&key) && !retry_expected {
+        if !self.admitted(&key, self.answers.holds(&key)) && !retry_expected {
             return;
         }
         let mut template = out.to_vec();
@@ -306,7 +469,7 @@ fn cap_ttls(out: &mut [u8], offsets: &[usize], cap: u32) {
     }
 }
 
-fn secs(d: std::time::Duration) -> u32 {
+fn secs(d: Duration) -> u32 {
     u32::try_from(d.as_secs()).unwrap_or(u32::MAX)
 }
 

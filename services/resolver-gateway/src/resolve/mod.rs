@@ -48,6 +48,7 @@
 mod cache;
 mod error;
 mod metrics;
+mod relay;
 mod upstream;
 
 pub use error::ResolveError;
@@ -68,6 +69,19 @@ use tokio::sync::watch;
 
 use cache::{Cache, Entry, Key, KeyMap};
 use metrics::PoolMetrics;
+pub use relay::Continuation;
+
+/// Receive buffer asked for on the UDP sockets (the kernel caps it at `net.core.rmem_max`).
+const UDP_RECEIVE_BUFFER: usize = 4 << 20;
+
+/// A UDP socket's receive buffer made room for a burst: at the default (about 200 KiB) a few
+/// hundred queued datagrams overflow it, and a dropped upstream answer costs its query a
+/// whole upstream timeout. Best effort: the default stays if the kernel refuses.
+pub fn enlarge_receive_buffer(socket: &socket2::Socket) {
+    if let Err(error) = socket.set_recv_buffer_size(UDP_RECEIVE_BUFFER) {
+        tracing::debug!(%error, "enlarging a UDP receive buffer");
+    }
+}
 pub use upstream::Question;
 use upstream::{UpstreamAnswer, Upstreams};
 
@@ -237,7 +251,24 @@ impl Resolver {
     /// Counted as a cache miss.
     pub async fn forward_wire(&self, question: Question) -> Result<Vec<u8>, ResolveError> {
         self.metrics.cache_misses.inc();
-        self.upstreams.query_wire(question).await
+        self.upstreams.query_wire(question, 0).await
+    }
+
+    /// [`Resolver::forward_wire`] without a task for its first attempt: `then` gets the
+    /// answer, or `None` when the caller should go on with [`Resolver::forward_wire_after_relay`]
+    /// (see the `relay` module). Counted as a cache miss.
+    pub fn relay_wire(&self, question: Question, then: Continuation) {
+        self.metrics.cache_misses.inc();
+        self.upstreams.relay(question, then);
+    }
+
+    /// The attempts of [`Resolver::forward_wire`] after a relayed first one that brought no
+    /// answer: `--upstream-attempts` counts the relayed one too.
+    pub async fn forward_wire_after_relay(
+        &self,
+        question: Question,
+    ) -> Result<Vec<u8>, ResolveError> {
+        self.upstreams.query_wire(question, 1).await
     }
 
     /// The TTL caps of cached answers, in seconds: (positive, negative).

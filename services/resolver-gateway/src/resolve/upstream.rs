@@ -51,10 +51,10 @@ pub(super) struct UpstreamAnswer {
 
 /// The upstream servers of one resolver.
 pub(super) struct Upstreams {
-    servers: Vec<Server>,
-    timeout: Duration,
+    pub(super) servers: Vec<Arc<Server>>,
+    pub(super) timeout: Duration,
     attempts: usize,
-    epoch: Instant,
+    pub(super) epoch: Instant,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -76,35 +76,61 @@ impl Drop for Upstreams {
         for task in &self.tasks {
             task.abort();
         }
+        // Relayed queries still in flight hold their server: let both go.
+        for server in &self.servers {
+            for conn in &server.conns {
+                conn.pending().clear();
+            }
+        }
     }
 }
 
-struct Server {
-    addr: SocketAddr,
-    conns: Vec<Arc<UdpConn>>,
-    next_conn: AtomicUsize,
-    health: Health,
-    metrics: UpstreamMetrics,
+pub(super) struct Server {
+    pub(super) addr: SocketAddr,
+    pub(super) conns: Vec<Arc<UdpConn>>,
+    pub(super) next_conn: AtomicUsize,
+    pub(super) health: Health,
+    pub(super) metrics: UpstreamMetrics,
 }
 
 /// One connected UDP socket and the queries in flight on it.
-struct UdpConn {
-    socket: UdpSocket,
+pub(super) struct UdpConn {
+    pub(super) socket: UdpSocket,
     pending: Mutex<PendingMap>,
     /// Distinguishes successive users of one query ID.
     next_token: AtomicU64,
     mismatched: Counter,
 }
 
-type PendingMap = HashMap<u16, Pending, foldhash::fast::RandomState>;
+pub(super) type PendingMap = HashMap<u16, Pending, foldhash::fast::RandomState>;
 
-struct Pending {
-    question: Arc<Question>,
-    token: u64,
-    reply: oneshot::Sender<Reply>,
+pub(super) struct Pending {
+    pub(super) token: u64,
+    pub(super) waiter: Waiter,
 }
 
-enum Reply {
+/// Who gets the answer of a query in flight.
+pub(super) enum Waiter {
+    /// An exchange awaiting it (bounded by its own timeout, freed by its guard).
+    Task {
+        question: Arc<Question>,
+        reply: oneshot::Sender<Reply>,
+    },
+    /// A relayed query ([`super::relay`]): called in the receive task, or by the sweep once
+    /// it timed out.
+    Relay(super::relay::Relay),
+}
+
+impl Waiter {
+    fn question(&self) -> &Question {
+        match self {
+            Waiter::Task { question, .. } => question,
+            Waiter::Relay(relay) => &relay.question,
+        }
+    }
+}
+
+pub(super) enum Reply {
     /// The whole datagram of an answer to the question (not truncated).
     Answer(Vec<u8>),
     Truncated,
@@ -148,7 +174,7 @@ impl Question {
     }
 
     /// Whether `answer` (a whole message) carries exactly this question.
-    fn is_asked_by(&self, answer: &[u8]) -> bool {
+    pub(super) fn is_asked_by(&self, answer: &[u8]) -> bool {
         let end = HEADER + self.name.len();
         answer.get(4..6) == Some(&[0, 1])
             && answer
@@ -206,6 +232,7 @@ impl Upstreams {
                 };
                 let socket = UdpSocket::bind(local).await.map_err(socket_error)?;
                 socket.connect(addr).await.map_err(socket_error)?;
+                super::enlarge_receive_buffer(&socket2::SockRef::from(&socket));
                 let conn = Arc::new(UdpConn {
                     socket,
                     pending: Mutex::new(PendingMap::default()),
@@ -215,24 +242,29 @@ impl Upstreams {
                 tasks.push(tokio::spawn(receive_loop(conn.clone())));
                 conns.push(conn);
             }
-            servers.push(Server {
+            servers.push(Arc::new(Server {
                 addr,
                 conns,
                 next_conn: AtomicUsize::new(0),
                 health: Health::default(),
                 metrics: server_metrics,
-            });
+            }));
         }
+        let epoch = Instant::now();
+        tasks.push(tokio::spawn(super::relay::sweep_loop(
+            servers.clone(),
+            config.timeout,
+        )));
         Ok(Upstreams {
             servers,
             timeout: config.timeout,
             attempts: config.attempts.max(1),
-            epoch: Instant::now(),
+            epoch,
             tasks,
         })
     }
 
-    fn now_micros(&self) -> u64 {
+    pub(super) fn now_micros(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX)
     }
 
@@ -242,14 +274,20 @@ impl Upstreams {
         name: &Name,
         qtype: RecordType,
     ) -> Result<UpstreamAnswer, ResolveError> {
-        self.ask(&Arc::new(Question::new(name, qtype)), decode_answer)
+        self.ask(&Arc::new(Question::new(name, qtype)), decode_answer, 0)
             .await
     }
 
     /// Asks the upstreams `question` and returns the answer as it came (the whole message,
     /// over UDP or, when truncated there, TCP), for callers that read it on the wire.
-    pub async fn query_wire(&self, question: Question) -> Result<Vec<u8>, ResolveError> {
-        self.ask(&Arc::new(question), Ok).await
+    /// `first_attempt`: the attempts already made elsewhere (a relayed one), which count
+    /// against `--upstream-attempts` and move the server order on as the regular path does.
+    pub async fn query_wire(
+        &self,
+        question: Question,
+        first_attempt: usize,
+    ) -> Result<Vec<u8>, ResolveError> {
+        self.ask(&Arc::new(question), Ok, first_attempt).await
     }
 
     /// Asks up to `attempts` times: servers that are up in preference order first, then those
@@ -261,6 +299,7 @@ impl Upstreams {
         &self,
         question: &Arc<Question>,
         decode: impl Fn(Vec<u8>) -> Result<T, String>,
+        first_attempt: usize,
     ) -> Result<T, ResolveError> {
         let now = self.now_micros();
         // Up servers in preference order, then down ones: no allocation for the usual 1-4.
@@ -275,9 +314,9 @@ impl Upstreams {
                 order.push(i);
             }
         }
-        let mut last = String::from("no attempt");
+        let mut last = String::from("no attempt left");
         let mut servfail = None;
-        for attempt in 0..self.attempts {
+        for attempt in first_attempt..self.attempts {
             let server = &self.servers[order.get(attempt % order.len())];
             match self.attempt(server, question, &decode).await {
                 Ok(answer) => {
@@ -403,8 +442,19 @@ enum ExchangeError {
 }
 
 impl UdpConn {
-    fn pending(&self) -> MutexGuard<'_, PendingMap> {
+    pub(super) fn pending(&self) -> MutexGuard<'_, PendingMap> {
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A random query ID not in flight on this socket.
+    pub(super) fn free_id(pending: &PendingMap) -> Option<u16> {
+        (0..ID_TRIES)
+            .map(|_| rand::random::<u16>())
+            .find(|id| !pending.contains_key(id))
+    }
+
+    pub(super) fn next_token(&self) -> u64 {
+        self.next_token.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Sends `question` with a fresh random ID and waits for the matching answer.
@@ -414,26 +464,20 @@ impl UdpConn {
         timeout: Duration,
     ) -> Result<Reply, ExchangeError> {
         let (tx, rx) = oneshot::channel();
-        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        let token = self.next_token();
         let id = {
             let mut pending = self.pending();
-            let mut chosen = None;
-            for _ in 0..ID_TRIES {
-                let id: u16 = rand::random();
-                if !pending.contains_key(&id) {
-                    chosen = Some(id);
-                    break;
-                }
-            }
-            let Some(id) = chosen else {
+            let Some(id) = Self::free_id(&pending) else {
                 return Err(ExchangeError::Io("no free query ID on the socket".into()));
             };
             pending.insert(
                 id,
                 Pending {
-                    question: Arc::clone(question),
                     token,
-                    reply: tx,
+                    waiter: Waiter::Task {
+                        question: Arc::clone(question),
+                        reply: tx,
+                    },
                 },
             );
             id
@@ -469,7 +513,7 @@ impl UdpConn {
         let pending = id.and_then(|id| {
             let mut map = self.pending();
             match map.get(&id) {
-                Some(p) if p.question.is_asked_by(bytes) => map.remove(&id),
+                Some(p) if p.waiter.question().is_asked_by(bytes) => map.remove(&id),
                 _ => None,
             }
         });
@@ -481,19 +525,29 @@ impl UdpConn {
             self.mismatched.inc();
             return;
         };
-        let reply = if bytes[2] & 0x02 != 0 {
-            Reply::Truncated
-        } else {
-            Reply::Answer(bytes.to_vec())
-        };
-        let _ = pending.reply.send(reply);
+        match pending.waiter {
+            Waiter::Task { reply, .. } => {
+                let answer = if bytes[2] & 0x02 != 0 {
+                    Reply::Truncated
+                } else {
+                    Reply::Answer(bytes.to_vec())
+                };
+                let _ = reply.send(answer);
+            }
+            Waiter::Relay(relay) => relay.answered(bytes),
+        }
     }
 
     /// An ICMP port unreachable fails every query in flight on the socket at once.
     fn fail_all(&self) {
         let drained: Vec<Pending> = self.pending().drain().map(|(_, p)| p).collect();
         for p in drained {
-            let _ = p.reply.send(Reply::Unreachable);
+            match p.waiter {
+                Waiter::Task { reply, .. } => {
+                    let _ = reply.send(Reply::Unreachable);
+                }
+                Waiter::Relay(relay) => relay.failed(super::relay::Failure::Network),
+            }
         }
     }
 }
@@ -559,7 +613,7 @@ fn decode_answer(bytes: Vec<u8>) -> Result<UpstreamAnswer, String> {
 
 /// A query for `question` with ID `id`: RD set, an OPT record announcing
 /// [`EDNS_UDP_SIZE`].
-fn encode_query(id: u16, question: &Question) -> Vec<u8> {
+pub(super) fn encode_query(id: u16, question: &Question) -> Vec<u8> {
     let mut q = Vec::with_capacity(HEADER + question.name.len() + 4 + 11);
     q.extend_from_slice(&id.to_be_bytes());
     q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 1]);
@@ -618,18 +672,18 @@ async fn tcp_exchange(
 
 /// A server's health: consecutive failures and, once down, until when it is skipped.
 #[derive(Default)]
-struct Health {
+pub(super) struct Health {
     failures: AtomicU32,
     /// Microseconds since the resolver's epoch; 0 = up.
     down_until: AtomicU64,
 }
 
 impl Health {
-    fn is_up(&self, now: u64) -> bool {
+    pub(super) fn is_up(&self, now: u64) -> bool {
         now >= self.down_until.load(Ordering::Relaxed)
     }
 
-    fn success(&self) {
+    pub(super) fn success(&self) {
         // Loads first: the usual case writes nothing, so a busy server's line stays shared.
         if self.failures.load(Ordering::Relaxed) != 0 {
             self.failures.store(0, Ordering::Relaxed);
@@ -639,7 +693,7 @@ impl Health {
         }
     }
 
-    fn failure(&self, now: u64) {
+    pub(super) fn failure(&self, now: u64) {
         let failures = self
             .failures
             .fetch_add(1, Ordering::Relaxed)

@@ -1,0 +1,189 @@
+//! Relayed queries: the first upstream attempt of a query whose answer its caller reads on the
+//! wire, made without a task. The query waits in its socket's pending map with a continuation;
+//! the socket's receive task calls it with the answer's bytes, or the sweep does once the
+//! query timed out. Whenever this one attempt brings no usable answer (timeout, SERVFAIL,
+//! truncation, a network error, no free query ID), the continuation gets `None` and the
+//! caller goes on with `Resolver::forward_wire_after_relay`, which makes the remaining
+//! attempts (and TCP): `--upstream-attempts` counts the relayed one.
+//!
+//! Why: under a cache-busting load a forwarded miss is the gateway's most frequent query, and
+//! a task, a channel and a timer per query, with their wake-ups, cost as much as filtering and
+//! re-sending the answer (profiles in `loadtest/results/`).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tracing::debug;
+
+use super::upstream::{Pending, Question, Server, UdpConn, Upstreams, Waiter, encode_query};
+
+/// A relayed query's continuation: the upstream's answer (matching the question, neither
+/// truncated nor SERVFAIL), or `None` when the query should take its regular path.
+pub type Continuation = Box<dyn FnOnce(Option<&[u8]>) + Send>;
+
+/// Shortest and longest interval between two sweeps for timed-out relays.
+const SWEEP_MIN: Duration = Duration::from_millis(5);
+const SWEEP_MAX: Duration = Duration::from_millis(100);
+
+pub(super) struct Relay {
+    pub(super) question: Question,
+    deadline: Instant,
+    started: Instant,
+    epoch: Instant,
+    server: Arc<Server>,
+    then: Continuation,
+}
+
+/// Why a relayed attempt brought no answer, as far as the server's health is concerned.
+pub(super) enum Failure {
+    Timeout,
+    Network,
+}
+
+fn micros_since(epoch: Instant, now: Instant) -> u64 {
+    u64::try_from(now.saturating_duration_since(epoch).as_micros()).unwrap_or(u64::MAX)
+}
+
+impl Relay {
+    /// The receive task matched `bytes` (ID and question) to this query.
+    pub(super) fn answered(self, bytes: &[u8]) {
+        let m = &self.server.metrics;
+        m.latency.observe(self.started.elapsed().as_secs_f64());
+        if bytes.get(2).is_some_and(|f| f & 0x02 != 0) {
+            m.truncated.inc();
+            return (self.then)(None);
+        }
+        // The server is alive: SERVFAIL is about the name (the regular path asks the others).
+        if bytes.get(3).is_some_and(|f| f & 0x0f == 2) {
+            m.servfail.inc();
+            return (self.then)(None);
+        }
+        m.ok.inc();
+        self.server.health.success();
+        (self.then)(Some(bytes));
+    }
+
+    pub(super) fn failed(self, failure: Failure) {
+        let m = &self.server.metrics;
+        match failure {
+            Failure::Timeout => m.timeout.inc(),
+            Failure::Network => m.error.inc(),
+        };
+        self.server
+            .health
+            .failure(micros_since(self.epoch, Instant::now()));
+        (self.then)(None);
+    }
+}
+
+impl Upstreams {
+    /// Sends `question` to the first server that is up (the first one if none is) and leaves
+    /// `then` waiting for the answer; see the module documentation. `then` may run before this
+    /// returns (the query could not be sent).
+    pub(super) fn relay(&self, question: Question, then: Continuation) {
+        let started = Instant::now();
+        let now = micros_since(self.epoch, started);
+        let Some(server) = self
+            .servers
+            .iter()
+            .find(|s| s.health.is_up(now))
+            .or_else(|| self.servers.first())
+        else {
+            return then(None);
+        };
+        let conn =
+            &server.conns[server.next_conn.fetch_add(1, Ordering::Relaxed) % server.conns.len()];
+        let token = conn.next_token();
+        let (id, bytes) = {
+            let mut pending = conn.pending();
+            let Some(id) = UdpConn::free_id(&pending) else {
+                drop(pending);
+                return then(None);
+            };
+            let bytes = encode_query(id, &question);
+            let relay = Relay {
+                question,
+                deadline: started + self.timeout,
+                started,
+                epoch: self.epoch,
+                server: Arc::clone(server),
+                then,
+            };
+            pending.insert(
+                id,
+                Pending {
+                    token,
+                    waiter: Waiter::Relay(relay),
+                },
+            );
+            (id, bytes)
+        };
+        match conn.socket.try_send(&bytes) {
+            Ok(_) => {}
+            // A full send buffer (or one the runtime has not seen writable yet): wait for room.
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                let conn = Arc::clone(conn);
+                tokio::spawn(async move {
+                    if let Err(error) = conn.socket.send(&bytes).await {
+                        conn.not_sent(id, token, &error);
+                    }
+                });
+            }
+            Err(error) => conn.not_sent(id, token, &error),
+        }
+    }
+}
+
+impl UdpConn {
+    /// A relayed query that could not be sent: fails it (unless an answer or the sweep came
+    /// first, which they cannot for an unsent query, or the ID went to another query since).
+    fn not_sent(&self, id: u16, token: u64, error: &std::io::Error) {
+        let taken = {
+            let mut pending = self.pending();
+            match pending.get(&id) {
+                Some(p) if p.token == token => pending.remove(&id),
+                _ => None,
+            }
+        };
+        if let Some(Pending {
+            waiter: Waiter::Relay(relay),
+            ..
+        }) = taken
+        {
+            debug!(server = %relay.server.addr, %error, "sending a relayed query");
+            relay.failed(Failure::Network);
+        }
+    }
+}
+
+/// Fails the relayed queries whose deadline passed, every quarter of the timeout (within
+/// [`SWEEP_MIN`]..[`SWEEP_MAX`]): a relay times out between one and a little more than one
+/// `timeout` after it was sent.
+pub(super) async fn sweep_loop(servers: Vec<Arc<Server>>, timeout: Duration) {
+    let mut tick = tokio::time::interval((timeout / 4).clamp(SWEEP_MIN, SWEEP_MAX));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = Instant::now();
+        for conn in servers.iter().flat_map(|s| s.conns.iter()) {
+            let expired: Vec<Relay> = {
+                let mut pending = conn.pending();
+                let ids: Vec<u16> = pending
+                    .iter()
+                    .filter(|(_, p)| matches!(&p.waiter, Waiter::Relay(r) if r.deadline <= now))
+                    .map(|(id, _)| *id)
+                    .collect();
+                ids.iter()
+                    .filter_map(|id| match pending.remove(id)?.waiter {
+                        Waiter::Relay(relay) => Some(relay),
+                        Waiter::Task { .. } => None,
+                    })
+                    .collect()
+            };
+            for relay in expired {
+                relay.failed(Failure::Timeout);
+            }
+        }
+    }
+}
