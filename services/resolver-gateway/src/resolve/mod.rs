@@ -47,6 +47,7 @@
 
 mod cache;
 mod error;
+mod health;
 mod metrics;
 mod relay;
 mod upstream;

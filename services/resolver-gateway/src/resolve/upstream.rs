@@ -7,7 +7,7 @@ use std::{
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::{
         Arc, Mutex, MutexGuard, PoisonError,
-        atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -26,16 +26,11 @@ use tokio::{
     task::JoinHandle,
 };
 
+use super::health::{Health, Order};
 use super::{ResolveError, UpstreamConfig, metrics::ResolverMetrics, metrics::UpstreamMetrics};
 
 /// The UDP payload size our queries advertise (EDNS(0); the DNS Flag Day 2020 value).
 pub(super) const EDNS_UDP_SIZE: u16 = 1232;
-/// Consecutive failures after which a server is marked down.
-const FAILURES_BEFORE_DOWN: u32 = 3;
-/// First backoff of a down server; doubles with every further failure.
-const BACKOFF_BASE: Duration = Duration::from_millis(500);
-/// Longest backoff.
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// Tries to find a query ID not in flight on a socket.
 const ID_TRIES: usize = 32;
 /// Receive buffer: the largest UDP payload.
@@ -303,7 +298,7 @@ impl Upstreams {
     ) -> Result<T, ResolveError> {
         let now = self.now_micros();
         // Up servers in preference order, then down ones: no allocation for the usual 1-4.
-        let mut order: smallvec_lite::Order = smallvec_lite::Order::default();
+        let mut order = Order::default();
         for (i, s) in self.servers.iter().enumerate() {
             if s.health.is_up(now) {
                 order.push(i);
@@ -667,105 +662,5 @@ async fn tcp_exchange(
             return Ok(buf);
         }
         mismatched.inc();
-    }
-}
-
-/// A server's health: consecutive failures and, once down, until when it is skipped.
-#[derive(Default)]
-pub(super) struct Health {
-    failures: AtomicU32,
-    /// Microseconds since the resolver's epoch; 0 = up.
-    down_until: AtomicU64,
-}
-
-impl Health {
-    pub(super) fn is_up(&self, now: u64) -> bool {
-        now >= self.down_until.load(Ordering::Relaxed)
-    }
-
-    pub(super) fn success(&self) {
-        // Loads first: the usual case writes nothing, so a busy server's line stays shared.
-        if self.failures.load(Ordering::Relaxed) != 0 {
-            self.failures.store(0, Ordering::Relaxed);
-        }
-        if self.down_until.load(Ordering::Relaxed) != 0 {
-            self.down_until.store(0, Ordering::Relaxed);
-        }
-    }
-
-    pub(super) fn failure(&self, now: u64) {
-        let failures = self
-            .failures
-            .fetch_add(1, Ordering::Relaxed)
-            .saturating_add(1);
-        if failures >= FAILURES_BEFORE_DOWN {
-            let doublings = (failures - FAILURES_BEFORE_DOWN).min(16);
-            let backoff = BACKOFF_BASE
-                .saturating_mul(1u32 << doublings)
-                .min(BACKOFF_MAX);
-            let backoff = u64::try_from(backoff.as_micros()).unwrap_or(u64::MAX);
-            self.down_until
-                .store(now.saturating_add(backoff).max(1), Ordering::Relaxed);
-        }
-    }
-}
-
-/// A fixed-capacity index list, so the usual query allocates nothing for server order.
-mod smallvec_lite {
-    const INLINE: usize = 8;
-
-    #[derive(Default)]
-    pub(super) struct Order {
-        inline: [usize; INLINE],
-        len: usize,
-        spill: Vec<usize>,
-    }
-
-    impl Order {
-        pub fn push(&mut self, i: usize) {
-            if self.len < INLINE {
-                self.inline[self.len] = i;
-            } else {
-                self.spill.push(i);
-            }
-            self.len += 1;
-        }
-
-        pub fn len(&self) -> usize {
-            self.len
-        }
-
-        pub fn get(&self, i: usize) -> usize {
-            if i < INLINE {
-                self.inline[i]
-            } else {
-                self.spill[i - INLINE]
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn health_goes_down_after_three_failures_and_backs_off() {
-        let h = Health::default();
-        h.failure(1_000);
-        h.failure(1_000);
-        assert!(h.is_up(1_000));
-        h.failure(1_000);
-        assert!(!h.is_up(1_000));
-        assert!(h.is_up(1_000 + 500_000));
-        h.failure(600_000);
-        assert!(!h.is_up(600_000 + 999_999));
-        assert!(h.is_up(600_000 + 1_000_000));
-        h.success();
-        assert!(h.is_up(0));
-        for _ in 0..100 {
-            h.failure(0);
-        }
-        assert!(h.is_up(30_000_000));
     }
 }
