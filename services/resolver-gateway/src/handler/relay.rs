@@ -26,8 +26,7 @@ impl Gateway {
         match self.wire_start(raw, &query, src.ip(), Transport::Udp) {
             None => self.later(raw.to_vec(), src, client),
             Some(WireStart::Answer(bytes, verdict)) => {
-                self.finish(raw, &query, src, started, verdict, &bytes);
-                client.send(bytes);
+                self.reply(raw, &query, src, started, verdict, bytes, client);
             }
             Some(WireStart::Forward(forward)) => {
                 let gateway = Arc::clone(self);
@@ -63,8 +62,7 @@ impl Gateway {
                     .await;
                 match forwarded {
                     Some((bytes, verdict)) => {
-                        self.finish(&raw, &query, src, started, verdict, &bytes);
-                        client.send(bytes);
+                        self.reply(&raw, &query, src, started, verdict, bytes, client);
                     }
                     None => self.later(raw, src, client),
                 }
@@ -74,31 +72,32 @@ impl Gateway {
         match self.wire_end(&raw, &query, src.ip(), forward, upstream) {
             None => self.later(raw, src, client),
             Some(WireEnd::Answer(bytes, verdict)) => {
-                self.finish(&raw, &query, src, started, verdict, &bytes);
-                client.send(bytes);
+                self.reply(&raw, &query, src, started, verdict, bytes, client);
             }
             Some(WireEnd::Deliver(held)) => {
                 tokio::spawn(async move {
                     let (bytes, verdict) = self.wire_deliver(&raw, &query, held).await;
-                    self.finish(&raw, &query, src, started, verdict, &bytes);
-                    client.send(bytes);
+                    self.reply(&raw, &query, src, started, verdict, bytes, client);
                 });
             }
         }
     }
 
-    /// Counts and logs an answered query.
-    fn finish(
+    /// Counts and logs an answered query, and sends the answer.
+    #[allow(clippy::too_many_arguments)]
+    fn reply(
         &self,
         raw: &[u8],
         query: &PlainQuery,
         src: SocketAddr,
         started: Instant,
         verdict: QueryVerdict,
-        answer: &[u8],
+        answer: Vec<u8>,
+        client: UdpClient,
     ) {
         self.count(verdict, query.qtype, Transport::Udp, started);
-        self.log_decision(raw, src, Transport::Udp, verdict, Some(answer));
+        self.log_decision(raw, src, Transport::Udp, verdict, Some(&answer));
+        client.send(answer);
     }
 
     /// The query's regular path, in a task of its own.

@@ -139,17 +139,10 @@ impl UdpConn {
     /// A relayed query that could not be sent: fails it (unless an answer or the sweep came
     /// first, which they cannot for an unsent query, or the ID went to another query since).
     fn not_sent(&self, id: u16, token: u64, error: &std::io::Error) {
-        let taken = {
-            let mut pending = self.pending();
-            match pending.get(&id) {
-                Some(p) if p.token == token => pending.remove(&id),
-                _ => None,
-            }
-        };
         if let Some(Pending {
             waiter: Waiter::Relay(relay),
             ..
-        }) = taken
+        }) = self.take(id, token)
         {
             debug!(server = %relay.server.addr, %error, "sending a relayed query");
             relay.failed(Failure::Network);

@@ -448,6 +448,16 @@ impl UdpConn {
             .find(|id| !pending.contains_key(id))
     }
 
+    /// Removes the query in flight under `id` if it is still the one of `token` (not
+    /// answered, timed out or replaced by a later query since).
+    pub(super) fn take(&self, id: u16, token: u64) -> Option<Pending> {
+        let mut pending = self.pending();
+        match pending.get(&id) {
+            Some(p) if p.token == token => pending.remove(&id),
+            _ => None,
+        }
+    }
+
     pub(super) fn next_token(&self) -> u64 {
         self.next_token.fetch_add(1, Ordering::Relaxed)
     }
@@ -556,10 +566,8 @@ struct PendingGuard<'a> {
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
-        let mut pending = self.conn.pending();
-        if pending.get(&self.id).is_some_and(|p| p.token == self.token) {
-            pending.remove(&self.id);
-        }
+        // The waiter is the exchange's own (a oneshot sender): nothing to tell.
+        drop(self.conn.take(self.id, self.token));
     }
 }
 
