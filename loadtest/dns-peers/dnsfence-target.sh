@@ -61,9 +61,9 @@ gateway=$$
 ( while kill -0 "$gateway" 2>/dev/null; do sleep 0.5; done
   kill "$sink" "$store" 2>/dev/null; sleep 1; rm -rf "$W" ) > /dev/null 2>&1 &
 
-# The harness gives the server one core, as it gives hickory-dns `--workers 1`.
-export TOKIO_WORKER_THREADS=${TOKIO_WORKER_THREADS:-1}
+# The harness gives the server one core, as it gives hickory-dns `--workers 1`: one thread
+# (WORKER_THREADS=N to try more).
 exec "$BIN/dnsfence-resolver-gateway" \
   --dns-listen "127.0.0.1:$PORT" --upstream "$UPSTREAM" \
   --store "unix://$W/store.sock" --grpc-listen "unix://$W/grants.sock" --metrics-listen "${METRICS_LISTEN:-}" \
-  --udp-workers 1 --log-format text
+  --worker-threads "${WORKER_THREADS:-1}" --udp-workers 1 --log-format text

@@ -9,7 +9,7 @@
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use sha2::{Digest, Sha256};
 use smallvec::SmallVec;
@@ -99,7 +99,7 @@ pub enum Cause {
     },
     /// The pod is isolated for egress by these NetworkPolicy-tier policies and none of their
     /// rules allowed the traffic.
-    Isolation { by: Vec<PolicyRef> },
+    Isolation { by: Arc<[PolicyRef]> },
     /// No rule decided; the node default applied.
     Default(DefaultPolicy),
 }
@@ -163,7 +163,7 @@ pub struct NameDecision {
     /// Empty: the name is denied.
     pub allowed: PortSet,
     /// Accept rules that contributed ports (indices into the allowlist's rules).
-    pub accepted_by: Vec<usize>,
+    pub accepted_by: SmallVec<[usize; 4]>,
     /// What denied the remaining ports, if anything did before the end of the list.
     pub rest: Cause,
 }
@@ -185,6 +185,9 @@ pub struct Allowlist {
     unconditional: Vec<u32>,
     /// Rules with CIDRs, the only ones an address can match besides `unconditional`.
     with_cidrs: Vec<u32>,
+    /// The ports each rule covers (empty for the isolation rule), built once: the gateway
+    /// decides a name per query.
+    rule_ports: Vec<PortSet>,
 }
 
 impl fmt::Debug for Allowlist {
@@ -248,12 +251,20 @@ impl Allowlist {
                 }
             }
         }
+        let rule_ports = rules
+            .iter()
+            .map(|rule| match &rule.kind {
+                RuleKind::Match { ports, .. } => PortSet::from_rule_ports(ports),
+                RuleKind::Isolation { .. } => PortSet::empty(),
+            })
+            .collect();
         Allowlist {
             id,
             rules,
             domains,
             unconditional,
             with_cidrs,
+            rule_ports,
         }
     }
 
@@ -312,7 +323,7 @@ impl Allowlist {
                 RuleKind::Isolation { by } => {
                     return Decision {
                         verdict: Verdict::Deny,
-                        cause: Cause::Isolation { by: by.clone() },
+                        cause: Cause::Isolation { by: Arc::clone(by) },
                     };
                 }
                 RuleKind::Match {
@@ -373,7 +384,7 @@ impl Allowlist {
     pub fn allowed_ports(&self, dest: Destination<'_>, default: DefaultPolicy) -> NameDecision {
         let mut open = PortSet::everything();
         let mut allowed = PortSet::empty();
-        let mut accepted_by = Vec::new();
+        let mut accepted_by = SmallVec::new();
         let mut skip_admin = false;
         let mut closing_cause: Option<Cause> = None;
         for i in self.candidates(dest) {
@@ -389,16 +400,11 @@ impl Allowlist {
                     return NameDecision {
                         allowed,
                         accepted_by,
-                        rest: Cause::Isolation { by: by.clone() },
+                        rest: Cause::Isolation { by: Arc::clone(by) },
                     };
                 }
-                RuleKind::Match {
-                    action,
-                    ports,
-                    origin,
-                    ..
-                } => {
-                    let covered = open.intersect(&PortSet::from_rule_ports(ports));
+                RuleKind::Match { action, origin, .. } => {
+                    let covered = open.intersect(&self.rule_ports[i]);
                     if covered.is_empty() {
                         continue;
                     }
@@ -408,12 +414,12 @@ impl Allowlist {
                         // so treat it as leaving the Admin tier.
                         Action::Pass => skip_admin = true,
                         Action::Accept => {
-                            allowed = allowed.union(&covered);
-                            open = open.subtract(&covered);
+                            allowed.add(&covered);
+                            open.remove(&covered);
                             accepted_by.push(i);
                         }
                         Action::Deny => {
-                            open = open.subtract(&covered);
+                            open.remove(&covered);
                             closing_cause
                                 .get_or_insert_with(|| rule_cause(i, rule, *action, origin));
                         }
@@ -425,7 +431,7 @@ impl Allowlist {
             Some(cause) if open.is_empty() => cause,
             _ => {
                 if default == DefaultPolicy::DefaultAllow {
-                    allowed = allowed.union(&open);
+                    allowed.add(&open);
                 }
                 Cause::Default(default)
             }

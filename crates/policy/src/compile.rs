@@ -376,7 +376,9 @@ impl Compiler {
             rules.push(Rule {
                 tier: Tier::NetworkPolicy,
                 priority: 0,
-                kind: RuleKind::Isolation { by: isolated_by },
+                kind: RuleKind::Isolation {
+                    by: isolated_by.into(),
+                },
             });
         }
         rules

@@ -124,7 +124,8 @@ pub struct DomainTrie<T> {
 
 #[derive(Debug, Clone)]
 struct Node<T> {
-    children: HashMap<Box<str>, Node<T>, foldhash::fast::RandomState>,
+    /// Keyed by the label's bytes (lower case): a lookup needs no UTF-8 check.
+    children: HashMap<Box<[u8]>, Node<T>, foldhash::fast::RandomState>,
     /// Values whose pattern is exactly the name ending here.
     exact: Vec<T>,
     /// Values whose pattern is `*.` + the name ending here.
@@ -164,7 +165,7 @@ impl<T: Copy> DomainTrie<T> {
         };
         let mut node = &mut self.root;
         for label in name.rsplit('.') {
-            node = node.children.entry(label.into()).or_default();
+            node = node.children.entry(label.as_bytes().into()).or_default();
         }
         if wildcard {
             node.wildcard.push(value);
@@ -177,27 +178,32 @@ impl<T: Copy> DomainTrie<T> {
     /// Calls `found` with every value whose pattern matches `name` (any case, optional
     /// trailing dot).
     pub fn for_each_match(&self, name: &str, mut found: impl FnMut(T)) {
-        let name = name.strip_suffix('.').unwrap_or(name);
+        let name = name.strip_suffix('.').unwrap_or(name).as_bytes();
         if name.is_empty() {
             return;
         }
         let mut lower = [0u8; MAX_LABEL_LEN];
         let mut node = &self.root;
-        let mut labels = name.rsplit('.').peekable();
-        while let Some(label) = labels.next() {
-            let Some(label) = ascii_lower(label, &mut lower) else {
+        let mut end = name.len();
+        loop {
+            let start = name[..end]
+                .iter()
+                .rposition(|&b| b == b'.')
+                .map_or(0, |dot| dot + 1);
+            let Some(label) = ascii_lower(&name[start..end], &mut lower) else {
                 return;
             };
             let Some(child) = node.children.get(label) else {
                 return;
             };
             node = child;
-            if labels.peek().is_some() {
-                // At least one label remains in front: `*.` patterns ending here match.
-                node.wildcard.iter().copied().for_each(&mut found);
-            } else {
+            if start == 0 {
                 node.exact.iter().copied().for_each(&mut found);
+                return;
             }
+            // At least one label remains in front: `*.` patterns ending here match.
+            node.wildcard.iter().copied().for_each(&mut found);
+            end = start - 1;
         }
     }
 
@@ -208,15 +214,14 @@ impl<T: Copy> DomainTrie<T> {
     }
 }
 
-/// Lower-cases a label into `buf` without allocating; `None` for labels that cannot be in the
-/// trie (too long or not UTF-8 after lowering, which ASCII lowering never causes).
-fn ascii_lower<'a>(label: &str, buf: &'a mut [u8; MAX_LABEL_LEN]) -> Option<&'a str> {
-    let bytes = label.as_bytes();
-    let out = buf.get_mut(..bytes.len())?;
-    for (o, b) in out.iter_mut().zip(bytes) {
+/// Lower-cases a label into `buf` without allocating; `None` for labels too long to be in
+/// the trie.
+fn ascii_lower<'a>(label: &[u8], buf: &'a mut [u8; MAX_LABEL_LEN]) -> Option<&'a [u8]> {
+    let out = buf.get_mut(..label.len())?;
+    for (o, b) in out.iter_mut().zip(label) {
         *o = b.to_ascii_lowercase();
     }
-    std::str::from_utf8(out).ok()
+    Some(out)
 }
 
 #[cfg(test)]
@@ -333,5 +338,20 @@ mod tests {
         assert!(trie.matches("npmjs.org").is_empty());
         assert!(trie.matches("").is_empty());
         assert!(trie.matches(&"x".repeat(300)).is_empty());
+        // a trailing dot, upper case anywhere, a label too long to be a pattern's
+        let mut got = trie.matches("Z.B.Example.COM.");
+        got.sort();
+        assert_eq!(got, vec![2, 3]);
+        assert_eq!(
+            trie.matches(&format!("{}.example.com", "y".repeat(64))),
+            vec![3]
+        );
+        assert!(
+            trie.matches(&format!("a.{}.com", "y".repeat(64)))
+                .is_empty()
+        );
+        // an empty label ends the walk: only the suffix patterns met before it match
+        assert_eq!(trie.matches("..example.com"), vec![3]);
+        assert!(trie.matches(".").is_empty());
     }
 }

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 
@@ -243,8 +244,8 @@ pub enum RuleKind {
         origin: RuleOrigin,
     },
     Isolation {
-        /// The policies that isolate the pod, sorted.
-        by: Vec<PolicyRef>,
+        /// The policies that isolate the pod, sorted; shared with the decisions that name them.
+        by: Arc<[PolicyRef]>,
     },
 }
 

@@ -197,12 +197,19 @@ impl PortSet {
 
     pub fn union(&self, other: &PortSet) -> PortSet {
         let mut out = self.clone();
-        for (i, list) in other.ranges.iter().enumerate() {
-            out.ranges[i].extend_from_slice(list);
-            normalize(&mut out.ranges[i]);
-        }
-        out.other_protocols |= other.other_protocols;
+        out.add(other);
         out
+    }
+
+    /// `self ∪ other`, in place.
+    pub fn add(&mut self, other: &PortSet) {
+        for (list, more) in self.ranges.iter_mut().zip(&other.ranges) {
+            if !more.is_empty() {
+                list.extend_from_slice(more);
+                normalize(list);
+            }
+        }
+        self.other_protocols |= other.other_protocols;
     }
 
     pub fn intersect(&self, other: &PortSet) -> PortSet {
@@ -216,19 +223,31 @@ impl PortSet {
                     }
                 }
             }
-            normalize(&mut out.ranges[i]);
+            // Pieces of two normalized lists come out sorted and apart already; this only
+            // guards the invariant.
+            if out.ranges[i].len() > 1 {
+                normalize(&mut out.ranges[i]);
+            }
         }
         out.other_protocols = self.other_protocols && other.other_protocols;
         out
     }
 
     pub fn subtract(&self, other: &PortSet) -> PortSet {
-        let mut out = PortSet::empty();
-        for i in 0..3 {
-            let mut pieces = self.ranges[i].clone();
-            for &(c, d) in &other.ranges[i] {
+        let mut out = self.clone();
+        out.remove(other);
+        out
+    }
+
+    /// `self ∖ other`, in place.
+    pub fn remove(&mut self, other: &PortSet) {
+        for (list, gone) in self.ranges.iter_mut().zip(&other.ranges) {
+            for &(c, d) in gone {
+                if !list.iter().any(|&(a, b)| c <= b && a <= d) {
+                    continue;
+                }
                 let mut next = Ranges::new();
-                for (a, b) in pieces {
+                for &(a, b) in list.iter() {
                     if d < a || c > b {
                         next.push((a, b));
                         continue;
@@ -240,12 +259,10 @@ impl PortSet {
                         next.push((d + 1, b));
                     }
                 }
-                pieces = next;
+                *list = next;
             }
-            out.ranges[i] = pieces;
         }
-        out.other_protocols = self.other_protocols && !other.other_protocols;
-        out
+        self.other_protocols &= !other.other_protocols;
     }
 
     /// The set as port ranges (what a grant carries).

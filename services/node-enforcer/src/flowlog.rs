@@ -210,7 +210,7 @@ mod tests {
                 tier: Tier::NetworkPolicy,
                 priority: 0,
                 kind: RuleKind::Isolation {
-                    by: vec![anp("nginx-egress")],
+                    by: vec![anp("nginx-egress")].into(),
                 },
             },
         ]);

@@ -194,7 +194,7 @@ mod tests {
             tier: Tier::NetworkPolicy,
             priority: 0,
             kind: RuleKind::Isolation {
-                by: vec![origin().policy],
+                by: vec![origin().policy].into(),
             },
         }
     }

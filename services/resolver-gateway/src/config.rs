@@ -128,6 +128,12 @@ pub struct Config {
     #[arg(long, env = "DNSFENCE_UDP_WORKERS", default_value_t = 2)]
     pub udp_workers: usize,
 
+    /// Threads running the gateway (DNS, gRPC, metrics). 1 runs everything on one thread
+    /// without the work-stealing scheduler, the cheapest setting for a gateway limited to one
+    /// CPU. Default: one per CPU (or tokio's TOKIO_WORKER_THREADS).
+    #[arg(long, env = "DNSFENCE_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
+
     #[command(flatten)]
     pub server_tls: ServerTls,
 
@@ -201,6 +207,9 @@ impl Config {
         if self.upstream_sockets == 0 {
             return Err("--upstream-sockets must be at least 1".into());
         }
+        if self.worker_threads == Some(0) {
+            return Err("--worker-threads must be at least 1".into());
+        }
         if self.udp_workers == 0 {
             return Err("--udp-workers must be at least 1".into());
         }
@@ -222,5 +231,32 @@ impl Config {
         // Parsing our own well-formed arguments cannot fail; fall back to clap's error exit
         // only if the flag definitions themselves are broken.
         Config::parse_from(args)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn validated(extra: &[&str]) -> Result<(), String> {
+        let mut args = vec!["dnsfence-resolver-gateway", "--upstream=127.0.0.1:53"];
+        args.extend_from_slice(extra);
+        Config::try_parse_from(args).unwrap().validate()
+    }
+
+    #[test]
+    fn counts_of_zero_are_refused_naming_the_flag() {
+        for flag in [
+            "--worker-threads",
+            "--udp-workers",
+            "--upstream-sockets",
+            "--upstream-attempts",
+        ] {
+            let error = validated(&[flag, "0"]).unwrap_err();
+            assert!(error.starts_with(flag), "{flag}: {error}");
+            assert_eq!(validated(&[flag, "1"]), Ok(()), "{flag}");
+        }
+        assert_eq!(validated(&[]), Ok(()));
     }
 }

@@ -28,6 +28,9 @@ use crate::metrics::Transport;
 /// Largest datagram read; bigger ones are truncated by the kernel and fail to parse.
 const UDP_RECV_BUFFER: usize = 4096;
 
+/// How many datagrams a busy receive loop handles between two looks at the stop signal.
+const STOP_CHECK_EVERY: u32 = 256;
+
 /// Receives on `socket` with `workers` loops until `stop` turns true.
 pub async fn serve_udp(
     socket: Arc<UdpSocket>,
@@ -42,11 +45,26 @@ pub async fn serve_udp(
         let mut stop = stop.clone();
         loops.push(tokio::spawn(async move {
             let mut buf = vec![0u8; UDP_RECV_BUFFER];
+            // One stop future for the loop's life (a new one per datagram registers and
+            // deregisters a waiter each time), polled only when no datagram is waiting; under
+            // a load that never pauses, every STOP_CHECK_EVERY datagrams look at it instead.
+            let stop_now = stop.clone();
+            let stopped = stop.wait_for(|s| *s);
+            tokio::pin!(stopped);
+            let mut received_since_check = 0u32;
             loop {
                 let received = tokio::select! {
+                    biased;
                     r = socket.recv_from(&mut buf) => r,
-                    _ = stop.wait_for(|s| *s) => return,
+                    _ = &mut stopped => return,
                 };
+                received_since_check += 1;
+                if received_since_check == STOP_CHECK_EVERY {
+                    received_since_check = 0;
+                    if *stop_now.borrow() {
+                        return;
+                    }
+                }
                 match received {
                     Ok((len, src)) => handle_datagram(&gateway, &socket, &buf[..len], src).await,
                     // ICMP port unreachable from an earlier answer surfaces here on Linux as
@@ -96,12 +114,12 @@ async fn handle_datagram(
         }
         // Misses are forwarded from here and answered from the upstream socket's receive
         // task: no task of their own either.
-        Now::Later { cached: false } => {
+        Now::Miss(miss) => {
             let client = UdpClient {
                 socket: Arc::clone(socket),
                 addr: src,
             };
-            gateway.relay_miss(packet, src, client);
+            gateway.relay_miss(packet, src, client, miss);
             return;
         }
         later => later,

@@ -204,16 +204,16 @@ impl GrantHub {
     }
 
     /// If every subscription of `node` holds all of `wanted` (pod address, destination,
-    /// ports, lifetime): the shortest time one of them still lives. `None`: something must be
-    /// sent.
+    /// ports, lifetime) at `now`: the shortest time one of them still lives. `None`: something
+    /// must be sent.
     pub fn already_held<'a>(
         &self,
         node: &str,
         wanted: impl Iterator<Item = (IpAddr, IpAddr, &'a [PortRange], Duration)> + Clone,
+        now: Instant,
     ) -> Option<Duration> {
         let map = self.read();
         let subscriptions = map.get(node)?;
-        let now = Instant::now();
         let mut shortest: Option<Duration> = None;
         for sub in subscriptions {
             for (pod, dst, ports, lifetime) in wanted.clone() {

@@ -6,11 +6,25 @@ use clap::Parser;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use dnsfence_resolver_gateway::{Config, bind, run};
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    let telemetry = dnsfence_telemetry::init(config.log_format)?;
     config.validate().map_err(anyhow::Error::msg)?;
+    let mut builder = match config.worker_threads {
+        // One thread: the current-thread scheduler, without work stealing and its
+        // bookkeeping per task poll (loadtest/README.md).
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(threads) => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(threads);
+            builder
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
+    builder.enable_all().build()?.block_on(serve(config))
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let telemetry = dnsfence_telemetry::init(config.log_format)?;
     let listeners = bind(&config).await?;
     let result = run(config, listeners, dnsfence_telemetry::shutdown_signal()).await;
     // the spans of the last queries still go out

@@ -241,7 +241,9 @@ pub(crate) fn decode_rule(message: pb::Rule) -> Result<Rule, ApiError> {
     let kind = match required(message.kind, "kind")? {
         pb::rule::Kind::Match(m) => decode_match(m).within("match")?,
         pb::rule::Kind::Isolation(isolation) => RuleKind::Isolation {
-            by: decode_list(isolation.by, "by", decode_policy_ref).within("isolation")?,
+            by: decode_list(isolation.by, "by", decode_policy_ref)
+                .within("isolation")?
+                .into(),
         },
     };
     Ok(Rule {

@@ -76,7 +76,7 @@ pub(crate) fn sample_rules() -> Vec<Rule> {
             tier: Tier::NetworkPolicy,
             priority: 0,
             kind: RuleKind::Isolation {
-                by: vec![anp("team-a", "egress"), anp("team-a", "other")],
+                by: vec![anp("team-a", "egress"), anp("team-a", "other")].into(),
             },
         },
         Rule {

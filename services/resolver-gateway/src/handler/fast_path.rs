@@ -19,11 +19,22 @@ use crate::wire::{PlainQuery, parse_plain_query};
 #[derive(Debug)]
 pub enum Now {
     Answer(Vec<u8>),
+    /// In no cache: what was learnt on the way, for [`Gateway::relay_miss`].
+    Miss(Miss),
     /// To be answered by [`Gateway::handle_later`]; `cached`: the caches may have it (grants to
     /// send first, or a traced query that skipped them), so they are worth asking again.
     Later {
         cached: bool,
     },
+}
+
+/// A query the caches did not have, as far as [`Gateway::answer_now`] read it.
+#[derive(Debug)]
+pub struct Miss {
+    pub(super) query: PlainQuery,
+    pub(super) started: Instant,
+    /// The source's identity, if the fast path looked it up already.
+    pub(super) source: Option<Lookup>,
 }
 
 /// Where the fast path got to without waiting.
@@ -35,7 +46,8 @@ pub(super) enum FastStep {
         pod: PodIdentity,
         grants: Vec<Grant>,
     },
-    Miss,
+    /// With the source's identity if it was looked up.
+    Miss(Option<Lookup>),
 }
 
 /// The pod address a grant for `dest` belongs to: a dual-stack pod asks over one family
@@ -87,7 +99,11 @@ impl Gateway {
                 Now::Answer(bytes)
             }
             FastStep::Grant { .. } => Now::Later { cached: true },
-            FastStep::Miss => Now::Later { cached: false },
+            FastStep::Miss(source) => Now::Miss(Miss {
+                query,
+                started,
+                source,
+            }),
         }
     }
 
@@ -100,25 +116,25 @@ impl Gateway {
         now: Instant,
     ) -> FastStep {
         if !self.identities.is_ready() {
-            return FastStep::Miss;
+            return FastStep::Miss(None);
         }
         let Some(key) = AnswerKey::of(raw, query) else {
-            return FastStep::Miss;
+            return FastStep::Miss(None);
         };
         let Some(cached) = self.answers.get(&key, now) else {
             return self.fast_denial(raw, query, &key, src, now);
         };
         if cached.len() > self.size_limit(query, transport) {
-            return FastStep::Miss;
+            return FastStep::Miss(None);
         }
         let Lookup::Pod(pod) = self.identities.lookup(src) else {
-            return FastStep::Miss;
+            return FastStep::Miss(Some(Lookup::Unknown));
         };
         let verdict = cached.verdict(pod.allowlist.as_ref(), || {
             self.verdict_for(pod.allowlist.as_deref(), &cached)
         });
         if !verdict.allowed {
-            return FastStep::Miss;
+            return FastStep::Miss(Some(Lookup::Pod(pod)));
         }
         let mut ttl_cap = self.settings.grant_max_ttl;
         if pod.allowlist.is_some() && !verdict.grants.is_empty() {
@@ -131,7 +147,7 @@ impl Gateway {
                     self.lifetime(t.ttl.saturating_sub(age)),
                 )
             });
-            match self.hub.already_held(pod.node(), wanted) {
+            match self.hub.already_held(pod.node(), wanted, now) {
                 Some(remaining) => {
                     ttl_cap = ttl_cap.min(remaining);
                     self.metrics
@@ -172,10 +188,10 @@ impl Gateway {
         now: Instant,
     ) -> FastStep {
         let Lookup::Pod(pod) = self.identities.lookup(src) else {
-            return FastStep::Miss;
+            return FastStep::Miss(Some(Lookup::Unknown));
         };
         let Some(denial) = self.denials.get(key, pod.allowlist.as_ref(), now) else {
-            return FastStep::Miss;
+            return FastStep::Miss(Some(Lookup::Pod(pod)));
         };
         FastStep::Answer(denial.answer(raw, query), denial.verdict)
     }
@@ -191,7 +207,7 @@ impl Gateway {
     ) -> Option<(Vec<u8>, QueryVerdict)> {
         let (cached, pod, grants) = match self.fast_step(raw, query, src, transport, now) {
             FastStep::Answer(bytes, verdict) => return Some((bytes, verdict)),
-            FastStep::Miss => return None,
+            FastStep::Miss(_) => return None,
             FastStep::Grant {
                 cached,
                 pod,

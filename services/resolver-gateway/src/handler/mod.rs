@@ -180,6 +180,7 @@ impl Gateway {
         let try_caches = match now {
             Now::Answer(bytes) => return Some(bytes),
             Now::Later { cached } => cached,
+            Now::Miss(_) => false,
         };
         if !self.traced(raw, src) {
             return self.handle_query(raw, src, transport, try_caches).await.0;
@@ -258,10 +259,22 @@ impl Gateway {
     }
 
     fn count(&self, verdict: QueryVerdict, qtype: u16, transport: Transport, started: Instant) {
+        self.count_until(verdict, qtype, transport, started, Instant::now());
+    }
+
+    /// [`Gateway::count`] for a query whose answer was ready at `ended`.
+    fn count_until(
+        &self,
+        verdict: QueryVerdict,
+        qtype: u16,
+        transport: Transport,
+        started: Instant,
+        ended: Instant,
+    ) {
         self.metrics.queries.inc(verdict, qtype, transport);
         self.metrics
             .query_duration
-            .observe(started.elapsed().as_secs_f64());
+            .observe(ended.saturating_duration_since(started).as_secs_f64());
     }
 
     #[instrument(level = "debug", skip_all, fields(%src))]

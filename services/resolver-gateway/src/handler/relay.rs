@@ -9,21 +9,29 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::fast_path::Miss;
 use super::wire_path::{Forward, WireEnd, WireStart};
 use super::{Gateway, Now};
 use crate::dns_server::UdpClient;
 use crate::metrics::{QueryVerdict, Transport};
-use crate::wire::{PlainQuery, parse_plain_query};
+use crate::wire::PlainQuery;
 
 impl Gateway {
-    /// Answers a UDP query that [`Gateway::answer_now`] found in no cache, and sends the
-    /// answer to `client` when it is ready.
-    pub fn relay_miss(self: &Arc<Self>, raw: &[u8], src: SocketAddr, client: UdpClient) {
-        let started = Instant::now();
-        let Some(query) = parse_plain_query(raw) else {
-            return self.later(raw.to_vec(), src, client);
-        };
-        match self.wire_start(raw, &query, src.ip(), Transport::Udp) {
+    /// Answers a UDP query that [`Gateway::answer_now`] found in no cache (`miss`: what it
+    /// read of it), and sends the answer to `client` when it is ready.
+    pub fn relay_miss(
+        self: &Arc<Self>,
+        raw: &[u8],
+        src: SocketAddr,
+        client: UdpClient,
+        miss: Miss,
+    ) {
+        let Miss {
+            query,
+            started,
+            source,
+        } = miss;
+        match self.wire_start(raw, &query, src.ip(), Transport::Udp, source) {
             None => self.later(raw.to_vec(), src, client),
             Some(WireStart::Answer(bytes, verdict)) => {
                 self.reply(raw, &query, src, started, verdict, bytes, client);
@@ -69,10 +77,13 @@ impl Gateway {
             });
             return;
         };
-        match self.wire_end(&raw, &query, src.ip(), forward, upstream) {
+        let arrived = Instant::now();
+        match self.wire_end(&raw, &query, src.ip(), forward, upstream, arrived) {
             None => self.later(raw, src, client),
             Some(WireEnd::Answer(bytes, verdict)) => {
-                self.reply(&raw, &query, src, started, verdict, bytes, client);
+                self.count_until(verdict, query.qtype, Transport::Udp, started, arrived);
+                self.log_decision(&raw, src, Transport::Udp, verdict, Some(&bytes));
+                client.send(bytes);
             }
             Some(WireEnd::Deliver(held)) => {
                 tokio::spawn(async move {

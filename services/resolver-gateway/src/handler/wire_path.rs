@@ -40,27 +40,38 @@ const EDE_OPTION: u16 = 15;
 /// dot), if every label is plain (letters, digits, `-`, `_`, `*`); other names go the long
 /// way, whose `Name` handles escapes.
 fn dotted_name(wire_name: &[u8]) -> Option<String> {
-    let mut name = Vec::with_capacity(wire_name.len());
-    let mut at = 0;
+    // The dotted name is the wire name without its first length byte and its root label,
+    // with the other length bytes turned into dots: copied once, then mended label by label.
+    let mut end = 0;
     loop {
-        let len = usize::from(*wire_name.get(at)?);
+        let len = usize::from(*wire_name.get(end)?);
         if len == 0 {
-            // ASCII only, checked label by label
-            return String::from_utf8(name).ok();
+            break;
         }
-        let label = wire_name.get(at + 1..at + 1 + len)?;
-        if !label
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'*'))
-        {
-            return None;
-        }
-        if !name.is_empty() {
-            name.push(b'.');
-        }
-        name.extend(label.iter().map(u8::to_ascii_lowercase));
-        at += 1 + len;
+        end += 1 + len;
     }
+    if end == 0 {
+        return Some(String::new());
+    }
+    let mut name = wire_name.get(1..end)?.to_vec();
+    let mut at = 0;
+    while at < name.len() {
+        let len = usize::from(wire_name[at]);
+        let label = &mut name[at..at + len];
+        for b in label.iter_mut() {
+            if !(b.is_ascii_alphanumeric() || matches!(*b, b'-' | b'_' | b'*')) {
+                return None;
+            }
+            b.make_ascii_lowercase();
+        }
+        at += len;
+        if let Some(dot) = name.get_mut(at) {
+            *dot = b'.';
+        }
+        at += 1;
+    }
+    // ASCII only, checked above
+    String::from_utf8(name).ok()
 }
 
 /// Header, question and (for an EDNS client) our OPT record, with `rcode` and no records.
@@ -175,7 +186,7 @@ impl Gateway {
         src: IpAddr,
         transport: Transport,
     ) -> Option<(Vec<u8>, QueryVerdict)> {
-        match self.wire_start(raw, query, src, transport)? {
+        match self.wire_start(raw, query, src, transport, None)? {
             WireStart::Answer(bytes, verdict) => Some((bytes, verdict)),
             WireStart::Forward(forward) => self.wire_forward(raw, query, src, forward, false).await,
         }
@@ -205,7 +216,7 @@ impl Gateway {
                 return Some(self.wire_servfail(raw, query, QueryVerdict::UpstreamFailure));
             }
         };
-        match self.wire_end(raw, query, src, forward, &upstream)? {
+        match self.wire_end(raw, query, src, forward, &upstream, Instant::now())? {
             WireEnd::Answer(bytes, verdict) => Some((bytes, verdict)),
             WireEnd::Deliver(held) => Some(self.wire_deliver(raw, query, held).await),
         }
@@ -226,13 +237,14 @@ impl Gateway {
     }
 
     /// The wire path up to the upstream: a denial, or the allowed name to forward. `None`:
-    /// the long way answers.
+    /// the long way answers. `source`: the source's identity, if looked up already.
     pub(super) fn wire_start(
         &self,
         raw: &[u8],
         query: &PlainQuery,
         src: IpAddr,
         transport: Transport,
+        source: Option<Lookup>,
     ) -> Option<WireStart> {
         // CNAME and ANY answers are no chain; OPT and the meta types (128-255) no question.
         if query.qtype == TYPE_CNAME
@@ -249,7 +261,7 @@ impl Gateway {
         if self.is_cluster_name(&name) {
             return None;
         }
-        let Lookup::Pod(pod) = self.identities.lookup(src) else {
+        let Lookup::Pod(pod) = source.unwrap_or_else(|| self.identities.lookup(src)) else {
             return None;
         };
         let allowlist = pod.allowlist.as_deref().unwrap_or(Allowlist::empty());
@@ -278,9 +290,9 @@ impl Gateway {
         Some(WireStart::Answer(out, verdict))
     }
 
-    /// The upstream's answer made the client's, with the grants of its addresses: to send
-    /// now when the enforcer holds them already, else to hold until it acked. `None`: the
-    /// long way answers (it asks the upstream again).
+    /// The upstream's answer (arrived at `now`) made the client's, with the grants of its
+    /// addresses: to send now when the enforcer holds them already, else to hold until it
+    /// acked. `None`: the long way answers (it asks the upstream again).
     pub(super) fn wire_end(
         &self,
         raw: &[u8],
@@ -288,6 +300,7 @@ impl Gateway {
         src: IpAddr,
         forward: Forward,
         upstream: &[u8],
+        now: Instant,
     ) -> Option<WireEnd> {
         let payload = self.settings.max_udp_payload;
         let Forward {
@@ -347,7 +360,7 @@ impl Gateway {
                 let wanted = grants
                     .iter()
                     .map(|g| (g.pod_ip, g.destination_ip, g.ports.as_slice(), g.lifetime));
-                let Some(remaining) = self.hub.already_held(pod.node(), wanted) else {
+                let Some(remaining) = self.hub.already_held(pod.node(), wanted, now) else {
                     debug!(pod = %pod.workload(), count = grants.len(), "grants");
                     return Some(WireEnd::Deliver(Box::new(HeldAnswer {
                         out,
@@ -488,5 +501,11 @@ mod tests {
         assert_eq!(dotted_name(b"\x03a.b\x04test\x00"), None);
         assert_eq!(dotted_name(b"\x03a b\x04test\x00"), None);
         assert_eq!(dotted_name(b"\x03abc"), None);
+        assert_eq!(dotted_name(b"\x00").as_deref(), Some(""));
+        assert_eq!(dotted_name(b"\x02a\x00\x00"), None);
+        assert_eq!(
+            dotted_name(b"\x01A\x02b-\x03c_D\x00trailing").as_deref(),
+            Some("a.b-.c_d")
+        );
     }
 }
