@@ -39,7 +39,9 @@ impl PodIdentity {
 struct State {
     allowlists: HashMap<AllowlistId, Arc<Allowlist>, Seeded>,
     bindings: HashMap<WorkloadKey, Arc<WorkloadBinding>, Seeded>,
-    by_ip: HashMap<IpAddr, WorkloadKey, Seeded>,
+    /// What a lookup returns, kept resolved (binding and allowlist) so that a query costs one
+    /// map lookup by address, not three (two of them hashing strings).
+    by_ip: HashMap<IpAddr, PodIdentity, Seeded>,
     revision: u64,
 }
 
@@ -91,23 +93,10 @@ impl Identities {
     }
 
     pub fn lookup(&self, ip: IpAddr) -> Lookup {
-        let state = self.read();
-        let Some(binding) = state.by_ip.get(&ip).and_then(|k| state.bindings.get(k)) else {
-            return Lookup::Unknown;
-        };
-        let allowlist = match &binding.binding {
-            Binding::Unenforced => None,
-            Binding::Enforced(id) => Some(match state.allowlists.get(id) {
-                Some(a) => Arc::clone(a),
-                // The store emits an allowlist before the bindings that use it; if that ever
-                // breaks, fail closed rather than open.
-                None => Arc::new(Allowlist::from_parts(id.clone(), Vec::new())),
-            }),
-        };
-        Lookup::Pod(PodIdentity {
-            binding: Arc::clone(binding),
-            allowlist,
-        })
+        match self.read().by_ip.get(&ip) {
+            Some(pod) => Lookup::Pod(pod.clone()),
+            None => Lookup::Unknown,
+        }
     }
 
     /// Applies updates until the tail ends.
@@ -143,6 +132,7 @@ impl Identities {
                 .allowlists
                 .insert(allowlist.id().clone(), Arc::new(allowlist));
         }
+        // The snapshot's bindings, resolved against the allowlists above.
         for binding in snapshot.bindings {
             bind(&mut state, binding);
         }
@@ -163,12 +153,13 @@ impl Identities {
 fn apply_event(state: &mut State, payload: EventPayload) {
     match payload {
         EventPayload::AllowlistCompiled(allowlist) => {
-            state
-                .allowlists
-                .insert(allowlist.id().clone(), Arc::new(allowlist));
+            let id = allowlist.id().clone();
+            state.allowlists.insert(id.clone(), Arc::new(allowlist));
+            resolve_pods_of(state, &id);
         }
         EventPayload::AllowlistReleased(id) => {
             state.allowlists.remove(&id);
+            resolve_pods_of(state, &id);
         }
         EventPayload::WorkloadBound(binding) => bind(state, binding),
         EventPayload::WorkloadUnbound(key) => unbind(state, &key),
@@ -181,25 +172,160 @@ fn apply_event(state: &mut State, payload: EventPayload) {
 
 fn bind(state: &mut State, binding: WorkloadBinding) {
     unbind(state, &binding.workload);
+    let binding = Arc::new(binding);
+    let pod = PodIdentity {
+        allowlist: allowlist_of(state, &binding),
+        binding: Arc::clone(&binding),
+    };
     for ip in &binding.ips {
-        if let Some(previous) = state.by_ip.insert(*ip, binding.workload.clone())
-            && previous != binding.workload
+        if let Some(previous) = state.by_ip.insert(*ip, pod.clone())
+            && previous.workload() != &binding.workload
         {
             // Address reuse: the older pod's entry is stale; the newer binding wins.
-            debug!(%ip, old = %previous, new = %binding.workload, "address moved to another pod");
+            debug!(%ip, old = %previous.workload(), new = %binding.workload, "address moved to another pod");
         }
     }
-    state
-        .bindings
-        .insert(binding.workload.clone(), Arc::new(binding));
+    state.bindings.insert(binding.workload.clone(), binding);
 }
 
 fn unbind(state: &mut State, key: &WorkloadKey) {
     if let Some(old) = state.bindings.remove(key) {
         for ip in &old.ips {
-            if state.by_ip.get(ip) == Some(key) {
+            if state.by_ip.get(ip).is_some_and(|pod| pod.workload() == key) {
                 state.by_ip.remove(ip);
             }
         }
+    }
+}
+
+/// The allowlist a binding's pod is judged by (`None`: no policy selects it).
+fn allowlist_of(state: &State, binding: &WorkloadBinding) -> Option<Arc<Allowlist>> {
+    match &binding.binding {
+        Binding::Unenforced => None,
+        Binding::Enforced(id) => Some(match state.allowlists.get(id) {
+            Some(a) => Arc::clone(a),
+            // The store emits an allowlist before the bindings that use it, and releases it
+            // after them; if that ever breaks, fail closed rather than open.
+            None => Arc::new(Allowlist::from_parts(id.clone(), Vec::new())),
+        }),
+    }
+}
+
+/// Points the pods bound to allowlist `id` at its current version (or at none, failing
+/// closed, once it is released).
+fn resolve_pods_of(state: &mut State, id: &AllowlistId) {
+    let current = state
+        .allowlists
+        .get(id)
+        .cloned()
+        .unwrap_or_else(|| Arc::new(Allowlist::from_parts(id.clone(), Vec::new())));
+    for pod in state.by_ip.values_mut() {
+        if matches!(&pod.binding.binding, Binding::Enforced(bound) if bound == id) {
+            pod.allowlist = Some(Arc::clone(&current));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use dnsfence_policy::model::{Event, Rule, RuleKind, Tier};
+
+    fn key(name: &str) -> WorkloadKey {
+        WorkloadKey {
+            namespace: "default".into(),
+            name: name.into(),
+        }
+    }
+
+    fn bound(name: &str, ip: &str, allowlist: Option<&AllowlistId>) -> EventPayload {
+        EventPayload::WorkloadBound(WorkloadBinding {
+            workload: key(name),
+            ips: vec![ip.parse().unwrap()],
+            node: "n1".into(),
+            binding: allowlist.map_or(Binding::Unenforced, |id| Binding::Enforced(id.clone())),
+        })
+    }
+
+    /// An allowlist of one isolation rule: every name denied.
+    fn isolating() -> Allowlist {
+        Allowlist::new(vec![Rule {
+            tier: Tier::NetworkPolicy,
+            priority: 0,
+            kind: RuleKind::Isolation {
+                by: Vec::new().into(),
+            },
+        }])
+    }
+
+    fn event(identities: &Identities, revision: u64, payload: EventPayload) {
+        identities.apply(TailUpdate::Event(Event { revision, payload }));
+    }
+
+    fn rules_of(identities: &Identities, ip: &str) -> Option<usize> {
+        match identities.lookup(ip.parse().unwrap()) {
+            Lookup::Pod(pod) => Some(pod.allowlist.map_or(usize::MAX, |a| a.rules().len())),
+            Lookup::Unknown => None,
+        }
+    }
+
+    #[test]
+    fn lookups_follow_bindings_and_the_allowlists_they_name() {
+        let identities = Identities::new();
+        let list = isolating();
+        let id = list.id().clone();
+
+        // Bound before its allowlist arrived: judged by an empty list of the same id (closed).
+        event(&identities, 1, bound("a", "192.0.2.1", Some(&id)));
+        assert_eq!(rules_of(&identities, "192.0.2.1"), Some(0));
+        event(&identities, 2, EventPayload::AllowlistCompiled(list));
+        assert_eq!(rules_of(&identities, "192.0.2.1"), Some(1));
+
+        // A pod no policy selects, and an address nobody has.
+        event(&identities, 3, bound("b", "192.0.2.2", None));
+        assert_eq!(rules_of(&identities, "192.0.2.2"), Some(usize::MAX));
+        assert_eq!(rules_of(&identities, "192.0.2.3"), None);
+
+        // The address moves to another pod; unbinding the old one leaves the new one alone.
+        event(&identities, 4, bound("c", "192.0.2.1", None));
+        event(&identities, 5, EventPayload::WorkloadUnbound(key("a")));
+        assert_eq!(rules_of(&identities, "192.0.2.1"), Some(usize::MAX));
+        event(&identities, 6, EventPayload::WorkloadUnbound(key("c")));
+        assert_eq!(rules_of(&identities, "192.0.2.1"), None);
+
+        // Released while still bound: closed again, not open.
+        event(&identities, 7, bound("d", "192.0.2.4", Some(&id)));
+        assert_eq!(rules_of(&identities, "192.0.2.4"), Some(1));
+        event(&identities, 8, EventPayload::AllowlistReleased(id.clone()));
+        match identities.lookup("192.0.2.4".parse().unwrap()) {
+            Lookup::Pod(pod) => {
+                let allowlist = pod.allowlist.unwrap();
+                assert_eq!(allowlist.id(), &id);
+                assert!(allowlist.rules().is_empty());
+            }
+            Lookup::Unknown => panic!("192.0.2.4 is bound"),
+        }
+        assert_eq!(identities.revision(), 8);
+        assert_eq!(identities.pods(), 2);
+    }
+
+    #[test]
+    fn a_reset_replaces_everything() {
+        let identities = Identities::new();
+        event(&identities, 1, bound("a", "192.0.2.1", None));
+        let list = isolating();
+        let id = list.id().clone();
+        let EventPayload::WorkloadBound(binding) = bound("b", "198.51.100.1", Some(&id)) else {
+            unreachable!()
+        };
+        identities.apply(TailUpdate::Reset(DerivedState {
+            revision: 9,
+            allowlists: vec![list],
+            bindings: vec![binding],
+        }));
+        assert_eq!(rules_of(&identities, "192.0.2.1"), None);
+        assert_eq!(rules_of(&identities, "198.51.100.1"), Some(1));
+        assert_eq!(identities.revision(), 9);
     }
 }
