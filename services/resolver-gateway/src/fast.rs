@@ -26,11 +26,17 @@ const MAX_KEY: usize = 258;
 
 /// The question as the cache knows it, built on the stack: the name in lower-case wire form,
 /// the type, and whether the client speaks EDNS (the answer then carries an OPT record).
+/// Hashed once: the shard of either cache and the doorkeeper's slot come from `hash`.
 #[derive(Debug)]
 pub struct AnswerKey {
     bytes: [u8; MAX_KEY],
     len: usize,
+    hash: u64,
 }
+
+/// The seed of [`AnswerKey::hash`], random per process.
+static KEY_HASHER: std::sync::LazyLock<foldhash::fast::RandomState> =
+    std::sync::LazyLock::new(foldhash::fast::RandomState::default);
 
 impl AnswerKey {
     pub fn of(raw: &[u8], query: &PlainQuery) -> Option<AnswerKey> {
@@ -46,7 +52,8 @@ impl AnswerKey {
             query.qtype as u8,
             u8::from(query.edns_payload.is_some()),
         ]);
-        Some(AnswerKey { bytes, len })
+        let hash = KEY_HASHER.hash_one(&out[..]);
+        Some(AnswerKey { bytes, len, hash })
     }
 
     fn as_slice(&self) -> &[u8] {
@@ -97,6 +104,12 @@ impl std::fmt::Debug for CachedAnswer {
             .field("len", &self.wire.len())
             .finish_non_exhaustive()
     }
+}
+
+/// The shard of `key` among `shards`: the high bits of its hash (the doorkeeper's slot takes
+/// the low ones).
+fn shard_index(key: &AnswerKey, shards: usize) -> usize {
+    ((key.hash >> 48) as usize) % shards
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -209,7 +222,6 @@ type Shard = FifoMap<Arc<[u8]>, Arc<CachedAnswer>, foldhash::fast::RandomState>;
 #[derive(Debug)]
 pub struct AnswerCache {
     shards: Vec<Mutex<Shard>>,
-    hasher: foldhash::fast::RandomState,
 }
 
 impl AnswerCache {
@@ -219,33 +231,29 @@ impl AnswerCache {
             shards: (0..SHARDS)
                 .map(|_| Mutex::new(Shard::new(per_shard)))
                 .collect(),
-            hasher: foldhash::fast::RandomState::default(),
         }
     }
 
-    fn shard(&self, key: &[u8]) -> MutexGuard<'_, Shard> {
-        let index = (self.hasher.hash_one(key) as usize) % self.shards.len();
-        lock(&self.shards[index])
+    fn shard(&self, key: &AnswerKey) -> MutexGuard<'_, Shard> {
+        lock(&self.shards[shard_index(key, self.shards.len())])
     }
 
     /// The fresh answer under `key`. An expired one stays until the FIFO order evicts it or a
     /// new answer replaces it: it tells [`AnswerCache::holds`] the question earned a place.
     pub fn get(&self, key: &AnswerKey, now: Instant) -> Option<Arc<CachedAnswer>> {
-        let key = key.as_slice();
         let shard = self.shard(key);
-        let entry = shard.get(key)?;
+        let entry = shard.get(key.as_slice())?;
         entry.is_fresh(now).then(|| Arc::clone(entry))
     }
 
     /// Whether an answer, fresh or expired, is stored under `key`.
     pub fn holds(&self, key: &AnswerKey) -> bool {
-        let key = key.as_slice();
-        self.shard(key).get(key).is_some()
+        self.shard(key).get(key.as_slice()).is_some()
     }
 
     pub fn insert(&self, key: &AnswerKey, answer: CachedAnswer) {
-        let key = key.as_slice();
-        self.shard(key).insert(key.into(), Arc::new(answer));
+        self.shard(key)
+            .insert(key.as_slice().into(), Arc::new(answer));
     }
 }
 
@@ -300,7 +308,6 @@ type DenialShard =
 #[derive(Debug)]
 pub struct DenialCache {
     shards: Vec<Mutex<DenialShard>>,
-    hasher: foldhash::fast::RandomState,
 }
 
 impl DenialCache {
@@ -310,13 +317,11 @@ impl DenialCache {
             shards: (0..SHARDS)
                 .map(|_| Mutex::new(DenialShard::new(per_shard)))
                 .collect(),
-            hasher: foldhash::fast::RandomState::default(),
         }
     }
 
-    fn shard(&self, key: &[u8]) -> MutexGuard<'_, DenialShard> {
-        let index = (self.hasher.hash_one(key) as usize) % self.shards.len();
-        lock(&self.shards[index])
+    fn shard(&self, key: &AnswerKey) -> MutexGuard<'_, DenialShard> {
+        lock(&self.shards[shard_index(key, self.shards.len())])
     }
 
     pub fn get(
@@ -325,7 +330,7 @@ impl DenialCache {
         allowlist: Option<&Arc<Allowlist>>,
         now: Instant,
     ) -> Option<Arc<Denial>> {
-        let shard = self.shard(key.as_slice());
+        let shard = self.shard(key);
         shard
             .get(key.as_slice())?
             .iter()
@@ -338,13 +343,13 @@ impl DenialCache {
 
     /// Whether a denial of any age, for any allowlist, is stored under `key`.
     pub fn holds(&self, key: &AnswerKey) -> bool {
-        self.shard(key.as_slice()).get(key.as_slice()).is_some()
+        self.shard(key).get(key.as_slice()).is_some()
     }
 
     pub fn insert(&self, key: &AnswerKey, allowlist: Option<Arc<Allowlist>>, denial: Denial) {
         let now = Instant::now();
-        let key = key.as_slice();
         let mut shard = self.shard(key);
+        let key = key.as_slice();
         let Some(entries) = shard.get_mut(key) else {
             shard.insert(key.into(), vec![(allowlist, Arc::new(denial))]);
             return;
@@ -377,7 +382,6 @@ fn same_allowlist(a: Option<&Arc<Allowlist>>, b: Option<&Arc<Allowlist>>) -> boo
 #[derive(Debug)]
 pub struct Doorkeeper {
     slots: Box<[std::sync::atomic::AtomicU32]>,
-    hasher: foldhash::fast::RandomState,
 }
 
 impl Doorkeeper {
@@ -388,7 +392,6 @@ impl Doorkeeper {
             slots: (0..n)
                 .map(|_| std::sync::atomic::AtomicU32::new(0))
                 .collect(),
-            hasher: foldhash::fast::RandomState::default(),
         }
     }
 
@@ -396,7 +399,7 @@ impl Doorkeeper {
     /// seen either way.
     pub fn asked_before(&self, key: &AnswerKey) -> bool {
         use std::sync::atomic::Ordering;
-        let hash = self.hasher.hash_one(key.as_slice());
+        let hash = key.hash;
         let slot = &self.slots[(hash as usize) & (self.slots.len() - 1)];
         let fingerprint = ((hash >> 32) as u32) | 1;
         if slot.load(Ordering::Relaxed) == fingerprint {

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 
 use foldhash::fast::RandomState as Seeded;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use dnsfence_api::tail::{DerivedState, TailUpdate};
@@ -50,6 +51,8 @@ struct State {
 pub struct Identities {
     state: RwLock<State>,
     ready: watch::Sender<bool>,
+    /// `ready`'s value for the query path, which asks on every query: a load, not a lock.
+    ready_now: AtomicBool,
 }
 
 /// The outcome of looking up a source address.
@@ -65,6 +68,7 @@ impl Default for Identities {
         Identities {
             state: RwLock::new(State::default()),
             ready: watch::channel(false).0,
+            ready_now: AtomicBool::new(false),
         }
     }
 }
@@ -77,7 +81,7 @@ impl Identities {
     /// True once the first catch-up with the store completed; stays true through later
     /// disconnections (the gateway serves its last known state meanwhile).
     pub fn is_ready(&self) -> bool {
-        *self.ready.borrow()
+        self.ready_now.load(Ordering::Acquire)
     }
 
     pub fn ready_signal(&self) -> watch::Receiver<bool> {
@@ -116,6 +120,7 @@ impl Identities {
             }
             TailUpdate::CaughtUp(revision) => {
                 debug!(revision, pods = self.pods(), "identities caught up");
+                self.ready_now.store(true, Ordering::Release);
                 self.ready.send_replace(true);
             }
             TailUpdate::Disconnected(_) => {}
@@ -308,6 +313,19 @@ mod tests {
         }
         assert_eq!(identities.revision(), 8);
         assert_eq!(identities.pods(), 2);
+    }
+
+    #[test]
+    fn ready_once_caught_up_and_through_disconnections() {
+        let identities = Identities::new();
+        let signal = identities.ready_signal();
+        event(&identities, 1, bound("a", "192.0.2.1", None));
+        assert!(!identities.is_ready());
+        identities.apply(TailUpdate::CaughtUp(1));
+        assert!(identities.is_ready());
+        assert!(*signal.borrow());
+        identities.apply(TailUpdate::Disconnected("store restarting".into()));
+        assert!(identities.is_ready());
     }
 
     #[test]

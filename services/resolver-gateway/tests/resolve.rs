@@ -727,8 +727,8 @@ async fn relayed(r: &Resolver, name: &str) -> (Option<Vec<u8>>, std::time::Insta
     let question = Question::new(&Name::from_ascii(name).unwrap(), RecordType::A);
     r.relay_wire(
         question,
-        Box::new(move |answer| {
-            let _ = tx.send((answer.map(<[u8]>::to_vec), std::time::Instant::now()));
+        Box::new(move |answer, known_at| {
+            let _ = tx.send((answer.map(<[u8]>::to_vec), known_at));
         }),
     );
     rx.await.expect("the continuation is called")

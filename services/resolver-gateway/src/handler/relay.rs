@@ -42,15 +42,16 @@ impl Gateway {
                 let raw = raw.to_vec();
                 self.resolver.relay_wire(
                     question,
-                    Box::new(move |answer| {
-                        gateway.relayed(raw, query, src, client, started, forward, answer);
+                    Box::new(move |answer, arrived| {
+                        gateway.relayed(raw, query, src, client, started, forward, answer, arrived);
                     }),
                 );
             }
         }
     }
 
-    /// The relayed query's upstream answer (`None`: take the regular path after all).
+    /// The relayed query's upstream answer, arrived at `arrived` (`None`: take the regular
+    /// path after all).
     #[allow(clippy::too_many_arguments)]
     fn relayed(
         self: Arc<Self>,
@@ -61,6 +62,7 @@ impl Gateway {
         started: Instant,
         forward: Forward,
         answer: Option<&[u8]>,
+        arrived: Instant,
     ) {
         let Some(upstream) = answer else {
             // The first attempt brought nothing usable: the others, in a task.
@@ -77,7 +79,6 @@ impl Gateway {
             });
             return;
         };
-        let arrived = Instant::now();
         match self.wire_end(&raw, &query, src.ip(), forward, upstream, arrived) {
             None => self.later(raw, src, client),
             Some(WireEnd::Answer(bytes, verdict)) => {

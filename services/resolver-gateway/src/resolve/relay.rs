@@ -19,8 +19,9 @@ use tracing::debug;
 use super::upstream::{Pending, Question, Server, UdpConn, Upstreams, Waiter, encode_query};
 
 /// A relayed query's continuation: the upstream's answer (matching the question, neither
-/// truncated nor SERVFAIL), or `None` when the query should take its regular path.
-pub type Continuation = Box<dyn FnOnce(Option<&[u8]>) + Send>;
+/// truncated nor SERVFAIL), or `None` when the query should take its regular path; and when
+/// that was known (one clock read for the latency metric and the caller).
+pub type Continuation = Box<dyn FnOnce(Option<&[u8]>, Instant) + Send>;
 
 /// Shortest and longest interval between two sweeps for timed-out relays.
 const SWEEP_MIN: Duration = Duration::from_millis(5);
@@ -49,19 +50,21 @@ impl Relay {
     /// The receive task matched `bytes` (ID and question) to this query.
     pub(super) fn answered(self, bytes: &[u8]) {
         let m = &self.server.metrics;
-        m.latency.observe(self.started.elapsed().as_secs_f64());
+        let now = Instant::now();
+        m.latency
+            .observe(now.saturating_duration_since(self.started).as_secs_f64());
         if bytes.get(2).is_some_and(|f| f & 0x02 != 0) {
             m.truncated.inc();
-            return (self.then)(None);
+            return (self.then)(None, now);
         }
         // The server is alive: SERVFAIL is about the name (the regular path asks the others).
         if bytes.get(3).is_some_and(|f| f & 0x0f == 2) {
             m.servfail.inc();
-            return (self.then)(None);
+            return (self.then)(None, now);
         }
         m.ok.inc();
         self.server.health.success();
-        (self.then)(Some(bytes));
+        (self.then)(Some(bytes), now);
     }
 
     pub(super) fn failed(self, failure: Failure) {
@@ -70,10 +73,9 @@ impl Relay {
             Failure::Timeout => m.timeout.inc(),
             Failure::Network => m.error.inc(),
         };
-        self.server
-            .health
-            .failure(micros_since(self.epoch, Instant::now()));
-        (self.then)(None);
+        let now = Instant::now();
+        self.server.health.failure(micros_since(self.epoch, now));
+        (self.then)(None, now);
     }
 }
 
@@ -90,7 +92,7 @@ impl Upstreams {
             .find(|s| s.health.is_up(now))
             .or_else(|| self.servers.first())
         else {
-            return then(None);
+            return then(None, started);
         };
         let conn =
             &server.conns[server.next_conn.fetch_add(1, Ordering::Relaxed) % server.conns.len()];
@@ -99,7 +101,7 @@ impl Upstreams {
             let mut pending = conn.pending();
             let Some(id) = UdpConn::free_id(&pending) else {
                 drop(pending);
-                return then(None);
+                return then(None, started);
             };
             let bytes = encode_query(id, &question);
             let relay = Relay {
