@@ -50,6 +50,7 @@ mod error;
 mod health;
 mod metrics;
 mod relay;
+mod udp_conn;
 mod upstream;
 
 pub use error::ResolveError;

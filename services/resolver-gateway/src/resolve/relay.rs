@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use tracing::debug;
 
-use super::upstream::{Pending, Question, Server, UdpConn, Upstreams, Waiter, encode_query};
+use super::udp_conn::{Pending, UdpConn, Waiter};
+use super::upstream::{Question, Server, Upstreams, encode_query};
 
 /// A relayed query's continuation: the upstream's answer (matching the question, neither
 /// truncated nor SERVFAIL), or `None` when the query should take its regular path; and when

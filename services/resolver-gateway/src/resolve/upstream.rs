@@ -1,13 +1,13 @@
-//! Upstream forwarding: long-lived connected UDP sockets per server with one receive task each,
-//! TCP on truncation, attempts across servers, server health with growing backoff.
+//! Upstream forwarding: long-lived connected UDP sockets per server with one receive task each
+//! (`udp_conn`), TCP on truncation, attempts across servers, server health with growing
+//! backoff.
 
 use std::{
-    collections::HashMap,
     io,
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::{
-        Arc, Mutex, MutexGuard, PoisonError,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        Arc,
+        atomic::{AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -22,19 +22,15 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpStream, UdpSocket},
-    sync::oneshot,
     task::JoinHandle,
 };
 
 use super::health::{Health, Order};
+use super::udp_conn::{ExchangeError, Reply, UdpConn};
 use super::{ResolveError, UpstreamConfig, metrics::ResolverMetrics, metrics::UpstreamMetrics};
 
 /// The UDP payload size our queries advertise (EDNS(0); the DNS Flag Day 2020 value).
 pub(super) const EDNS_UDP_SIZE: u16 = 1232;
-/// Tries to find a query ID not in flight on a socket.
-const ID_TRIES: usize = 32;
-/// Receive buffer: the largest UDP payload.
-const RECV_BUFFER: usize = 65_535;
 
 /// An upstream's answer, reduced to what the resolver uses.
 #[derive(Debug)]
@@ -86,50 +82,6 @@ pub(super) struct Server {
     pub(super) next_conn: AtomicUsize,
     pub(super) health: Health,
     pub(super) metrics: UpstreamMetrics,
-}
-
-/// One connected UDP socket and the queries in flight on it.
-pub(super) struct UdpConn {
-    pub(super) socket: UdpSocket,
-    pending: Mutex<PendingMap>,
-    /// Distinguishes successive users of one query ID.
-    next_token: AtomicU64,
-    mismatched: Counter,
-}
-
-pub(super) type PendingMap = HashMap<u16, Pending, foldhash::fast::RandomState>;
-
-pub(super) struct Pending {
-    pub(super) token: u64,
-    pub(super) waiter: Waiter,
-}
-
-/// Who gets the answer of a query in flight.
-pub(super) enum Waiter {
-    /// An exchange awaiting it (bounded by its own timeout, freed by its guard).
-    Task {
-        question: Arc<Question>,
-        reply: oneshot::Sender<Reply>,
-    },
-    /// A relayed query ([`super::relay`]): called in the receive task, or by the sweep once
-    /// it timed out.
-    Relay(super::relay::Relay),
-}
-
-impl Waiter {
-    fn question(&self) -> &Question {
-        match self {
-            Waiter::Task { question, .. } => question,
-            Waiter::Relay(relay) => &relay.question,
-        }
-    }
-}
-
-pub(super) enum Reply {
-    /// The whole datagram of an answer to the question (not truncated).
-    Answer(Vec<u8>),
-    Truncated,
-    Unreachable,
 }
 
 /// A question as it goes on the wire: the name in lower-case wire form and the type (class
@@ -189,7 +141,7 @@ impl Question {
 }
 
 /// DNS header length.
-const HEADER: usize = 12;
+pub(super) const HEADER: usize = 12;
 
 /// Why one attempt failed.
 enum AttemptError {
@@ -228,13 +180,8 @@ impl Upstreams {
                 let socket = UdpSocket::bind(local).await.map_err(socket_error)?;
                 socket.connect(addr).await.map_err(socket_error)?;
                 super::enlarge_receive_buffer(&socket2::SockRef::from(&socket));
-                let conn = Arc::new(UdpConn {
-                    socket,
-                    pending: Mutex::new(PendingMap::default()),
-                    next_token: AtomicU64::new(0),
-                    mismatched: server_metrics.mismatched.clone(),
-                });
-                tasks.push(tokio::spawn(receive_loop(conn.clone())));
+                let (conn, receiving) = UdpConn::start(socket, server_metrics.mismatched.clone());
+                tasks.push(receiving);
                 conns.push(conn);
             }
             servers.push(Arc::new(Server {
@@ -426,160 +373,6 @@ impl Upstreams {
             Err(e) => {
                 m.error.inc();
                 Err(AttemptError::Error(format!("malformed answer: {e}")))
-            }
-        }
-    }
-}
-
-enum ExchangeError {
-    Timeout,
-    Io(String),
-}
-
-impl UdpConn {
-    pub(super) fn pending(&self) -> MutexGuard<'_, PendingMap> {
-        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// A random query ID not in flight on this socket.
-    pub(super) fn free_id(pending: &PendingMap) -> Option<u16> {
-        (0..ID_TRIES)
-            .map(|_| rand::random::<u16>())
-            .find(|id| !pending.contains_key(id))
-    }
-
-    /// Removes the query in flight under `id` if it is still the one of `token` (not
-    /// answered, timed out or replaced by a later query since).
-    pub(super) fn take(&self, id: u16, token: u64) -> Option<Pending> {
-        let mut pending = self.pending();
-        match pending.get(&id) {
-            Some(p) if p.token == token => pending.remove(&id),
-            _ => None,
-        }
-    }
-
-    pub(super) fn next_token(&self) -> u64 {
-        self.next_token.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// Sends `question` with a fresh random ID and waits for the matching answer.
-    async fn exchange(
-        &self,
-        question: &Arc<Question>,
-        timeout: Duration,
-    ) -> Result<Reply, ExchangeError> {
-        let (tx, rx) = oneshot::channel();
-        let token = self.next_token();
-        let id = {
-            let mut pending = self.pending();
-            let Some(id) = Self::free_id(&pending) else {
-                return Err(ExchangeError::Io("no free query ID on the socket".into()));
-            };
-            pending.insert(
-                id,
-                Pending {
-                    token,
-                    waiter: Waiter::Task {
-                        question: Arc::clone(question),
-                        reply: tx,
-                    },
-                },
-            );
-            id
-        };
-        // From here on, leaving (answer, timeout, error or cancellation) frees the ID.
-        let _guard = PendingGuard {
-            conn: self,
-            id,
-            token,
-        };
-        let bytes = encode_query(id, question);
-        self.socket
-            .send(&bytes)
-            .await
-            .map_err(|e| ExchangeError::Io(format!("sending: {e}")))?;
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(reply)) => Ok(reply),
-            // The sender is only dropped with the receive task (resolver shutting down).
-            Ok(Err(_)) => Err(ExchangeError::Io("receive task stopped".into())),
-            Err(_) => Err(ExchangeError::Timeout),
-        }
-    }
-
-    /// Hands one received datagram to the query it answers, or counts it as mismatched.
-    /// Only the header and the question are read here; the answer goes on as bytes.
-    fn dispatch(&self, bytes: &[u8]) {
-        let id = match bytes {
-            [hi, lo, flags, ..] if bytes.len() >= HEADER && flags & 0x80 != 0 => {
-                Some(u16::from_be_bytes([*hi, *lo]))
-            }
-            _ => None,
-        };
-        let pending = id.and_then(|id| {
-            let mut map = self.pending();
-            match map.get(&id) {
-                Some(p) if p.waiter.question().is_asked_by(bytes) => map.remove(&id),
-                _ => None,
-            }
-        });
-        let Some(pending) = pending else {
-            tracing::debug!(
-                ?id,
-                "discarding an upstream answer that matches no query in flight"
-            );
-            self.mismatched.inc();
-            return;
-        };
-        match pending.waiter {
-            Waiter::Task { reply, .. } => {
-                let answer = if bytes[2] & 0x02 != 0 {
-                    Reply::Truncated
-                } else {
-                    Reply::Answer(bytes.to_vec())
-                };
-                let _ = reply.send(answer);
-            }
-            Waiter::Relay(relay) => relay.answered(bytes),
-        }
-    }
-
-    /// An ICMP port unreachable fails every query in flight on the socket at once.
-    fn fail_all(&self) {
-        let drained: Vec<Pending> = self.pending().drain().map(|(_, p)| p).collect();
-        for p in drained {
-            match p.waiter {
-                Waiter::Task { reply, .. } => {
-                    let _ = reply.send(Reply::Unreachable);
-                }
-                Waiter::Relay(relay) => relay.failed(super::relay::Failure::Network),
-            }
-        }
-    }
-}
-
-/// Removes a query's pending slot when its exchange ends, unless the ID was reused since.
-struct PendingGuard<'a> {
-    conn: &'a UdpConn,
-    id: u16,
-    token: u64,
-}
-
-impl Drop for PendingGuard<'_> {
-    fn drop(&mut self) {
-        // The waiter is the exchange's own (a oneshot sender): nothing to tell.
-        drop(self.conn.take(self.id, self.token));
-    }
-}
-
-async fn receive_loop(conn: Arc<UdpConn>) {
-    let mut buf = vec![0u8; RECV_BUFFER];
-    loop {
-        match conn.socket.recv(&mut buf).await {
-            Ok(n) => conn.dispatch(&buf[..n]),
-            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => conn.fail_all(),
-            Err(e) => {
-                tracing::warn!(error = %e, "receiving from an upstream socket");
-                tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
     }
