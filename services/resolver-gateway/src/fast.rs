@@ -377,8 +377,8 @@ fn same_allowlist(a: Option<&Arc<Allowlist>>, b: Option<&Arc<Allowlist>>) -> boo
 /// while, not the first. Under a cache-busting load (every name asked once) storing costs a
 /// copy, an insertion and an eviction per query for entries nobody reads; names asked again
 /// (the ones a cache is for) get in on their second miss, and a question whose stored answer
-/// expired gets back in on its next one (see [`AnswerCache::holds`]). One fingerprint per slot, no locks:
-/// a collision only admits a name one query early or late.
+/// expired gets back in on its next one (see [`AnswerCache::holds`]). One fingerprint per
+/// slot, no locks: a collision only admits a name one query early or late.
 #[derive(Debug)]
 pub struct Doorkeeper {
     slots: Box<[std::sync::atomic::AtomicU32]>,

@@ -207,23 +207,24 @@ fn unbind(state: &mut State, key: &WorkloadKey) {
 fn allowlist_of(state: &State, binding: &WorkloadBinding) -> Option<Arc<Allowlist>> {
     match &binding.binding {
         Binding::Unenforced => None,
-        Binding::Enforced(id) => Some(match state.allowlists.get(id) {
-            Some(a) => Arc::clone(a),
-            // The store emits an allowlist before the bindings that use it, and releases it
-            // after them; if that ever breaks, fail closed rather than open.
-            None => Arc::new(Allowlist::from_parts(id.clone(), Vec::new())),
-        }),
+        Binding::Enforced(id) => Some(enforced_allowlist(state, id)),
+    }
+}
+
+/// Allowlist `id`, or an empty one of that id when the mirror does not hold it: the store
+/// emits an allowlist before the bindings that use it and releases it after them; if that
+/// ever breaks, fail closed rather than open.
+fn enforced_allowlist(state: &State, id: &AllowlistId) -> Arc<Allowlist> {
+    match state.allowlists.get(id) {
+        Some(a) => Arc::clone(a),
+        None => Arc::new(Allowlist::from_parts(id.clone(), Vec::new())),
     }
 }
 
 /// Points the pods bound to allowlist `id` at its current version (or at none, failing
 /// closed, once it is released).
 fn resolve_pods_of(state: &mut State, id: &AllowlistId) {
-    let current = state
-        .allowlists
-        .get(id)
-        .cloned()
-        .unwrap_or_else(|| Arc::new(Allowlist::from_parts(id.clone(), Vec::new())));
+    let current = enforced_allowlist(state, id);
     for pod in state.by_ip.values_mut() {
         if matches!(&pod.binding.binding, Binding::Enforced(bound) if bound == id) {
             pod.allowlist = Some(Arc::clone(&current));

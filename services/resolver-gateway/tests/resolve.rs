@@ -119,6 +119,16 @@ fn types(resolved: &Resolved) -> Vec<RecordType> {
     resolved.answers.iter().map(|r| r.record_type()).collect()
 }
 
+/// `dnsfence_gateway_upstream_queries_total` of the upstream pool's server `addr` for `result`.
+fn upstream_queries(registry: &Registry, addr: impl std::fmt::Display, result: &str) -> f64 {
+    metric(
+        registry,
+        &format!(
+            "dnsfence_gateway_upstream_queries_total{{pool=\"upstream\",upstream=\"{addr}\",result=\"{result}\"}}"
+        ),
+    )
+}
+
 /// The value of the sample whose line starts with `prefix` (name and labels), 0 if absent.
 fn metric(registry: &Registry, prefix: &str) -> f64 {
     let mut text = String::new();
@@ -187,11 +197,7 @@ async fn a_and_aaaa_then_cache_hits() {
         ),
         3.0
     );
-    let ok = format!(
-        "dnsfence_gateway_upstream_queries_total{{pool=\"upstream\",upstream=\"{}\",result=\"ok\"}}",
-        auth.addr()
-    );
-    assert_eq!(metric(&registry, &ok), 3.0);
+    assert_eq!(upstream_queries(&registry, auth.addr(), "ok"), 3.0);
     let latency = format!(
         "dnsfence_gateway_upstream_latency_seconds_count{{pool=\"upstream\",upstream=\"{}\"}}",
         auth.addr()
@@ -383,10 +389,7 @@ async fn negative_chain_end_from_a_recursive_upstream_is_not_chased() {
     assert_eq!(res.authority[0].ttl, 20, "min(SOA TTL, MINIMUM)");
     let again = resolve(&r, "www.recursive.test.", RecordType::A).await;
     assert!(again.from_cache);
-    let ok = format!(
-        "dnsfence_gateway_upstream_queries_total{{pool=\"upstream\",upstream=\"{addr}\",result=\"ok\"}}"
-    );
-    assert_eq!(metric(&registry, &ok), 1.0);
+    assert_eq!(upstream_queries(&registry, addr, "ok"), 1.0);
     task.abort();
 }
 
@@ -400,10 +403,11 @@ async fn servfail_everywhere_is_reported_and_not_cached() {
     assert_eq!(res.rcode, ResponseCode::ServFail);
     let res = resolve(&r, "www.broken.test.", RecordType::A).await;
     assert!(!res.from_cache);
-    let servfail = format!(
-        "dnsfence_gateway_upstream_queries_total{{pool=\"upstream\",upstream=\"{addr}\",result=\"servfail\"}}"
+    assert_eq!(
+        upstream_queries(&registry, addr, "servfail"),
+        6.0,
+        "3 attempts per question"
     );
-    assert_eq!(metric(&registry, &servfail), 6.0, "3 attempts per question");
     task.abort();
 }
 
@@ -447,11 +451,7 @@ async fn big_answer_falls_back_to_tcp() {
     assert_eq!(addrs.len(), BIG);
     assert_eq!(addrs[0], Ipv4Addr::new(10, 0, 0, 0));
     assert_eq!(auth.queries(), 2, "UDP (truncated), then TCP");
-    let truncated = format!(
-        "dnsfence_gateway_upstream_queries_total{{pool=\"upstream\",upstream=\"{}\",result=\"truncated\"}}",
-        auth.addr()
-    );
-    assert_eq!(metric(&registry, &truncated), 1.0);
+    assert_eq!(upstream_queries(&registry, auth.addr(), "truncated"), 1.0);
     let again = resolve(&r, "many.big.test.", RecordType::A).await;
     assert!(again.from_cache);
     assert_eq!(again.answers.len(), BIG);
@@ -481,18 +481,20 @@ async fn failover_from_a_silent_upstream() {
     .await;
     let res = resolve(&r, "www.example.test.", RecordType::A).await;
     assert_eq!(v4(&res).len(), 2);
-    let timeouts = format!(
-        "dnsfence_gateway_upstream_queries_total{{pool=\"upstream\",upstream=\"{}\",result=\"timeout\"}}",
-        silent.local_addr().unwrap()
+    assert_eq!(
+        upstream_queries(&registry, silent.local_addr().unwrap(), "timeout"),
+        1.0
     );
-    assert_eq!(metric(&registry, &timeouts), 1.0);
 
     // After three failures the silent server is skipped: answers come at once.
     for i in 0..2 {
         let res = resolve(&r, &format!("h{i}.dyn.example.test."), RecordType::A).await;
         assert_eq!(v4(&res).len(), 1);
     }
-    assert_eq!(metric(&registry, &timeouts), 3.0);
+    assert_eq!(
+        upstream_queries(&registry, silent.local_addr().unwrap(), "timeout"),
+        3.0
+    );
     let start = std::time::Instant::now();
     let res = resolve(&r, "alias.example.test.", RecordType::A).await;
     assert_eq!(v4(&res).len(), 2);
@@ -501,7 +503,10 @@ async fn failover_from_a_silent_upstream() {
         "{:?}",
         start.elapsed()
     );
-    assert_eq!(metric(&registry, &timeouts), 3.0);
+    assert_eq!(
+        upstream_queries(&registry, silent.local_addr().unwrap(), "timeout"),
+        3.0
+    );
 }
 
 #[tokio::test]
@@ -526,10 +531,7 @@ async fn failover_from_a_closed_port_does_not_wait_for_the_timeout() {
         "{:?}",
         start.elapsed()
     );
-    let errors = format!(
-        "dnsfence_gateway_upstream_queries_total{{pool=\"upstream\",upstream=\"{closed}\",result=\"error\"}}"
-    );
-    assert_eq!(metric(&registry, &errors), 1.0);
+    assert_eq!(upstream_queries(&registry, closed, "error"), 1.0);
 }
 
 #[tokio::test]
@@ -744,11 +746,7 @@ async fn a_relayed_query_hands_its_answer_to_the_continuation() {
     assert_eq!(message.metadata.response_code, ResponseCode::NoError);
     assert_eq!(message.answers.len(), 2);
     assert_eq!(auth.queries(), 1);
-    let ok = format!(
-        "dnsfence_gateway_upstream_queries_total{{pool=\"upstream\",upstream=\"{}\",result=\"ok\"}}",
-        auth.addr()
-    );
-    assert_eq!(metric(&registry, &ok), 1.0);
+    assert_eq!(upstream_queries(&registry, auth.addr(), "ok"), 1.0);
 }
 
 #[tokio::test]
@@ -764,11 +762,10 @@ async fn a_relayed_query_without_an_answer_gets_none_once_it_timed_out() {
     // The sweep runs every quarter of the timeout.
     assert!(waited >= timeout, "{waited:?}");
     assert!(waited < timeout * 3, "{waited:?}");
-    let timeouts = format!(
-        "dnsfence_gateway_upstream_queries_total{{pool=\"upstream\",upstream=\"{}\",result=\"timeout\"}}",
-        silent.local_addr().unwrap()
+    assert_eq!(
+        upstream_queries(&registry, silent.local_addr().unwrap(), "timeout"),
+        1.0
     );
-    assert_eq!(metric(&registry, &timeouts), 1.0);
 }
 
 #[tokio::test]
@@ -778,10 +775,7 @@ async fn a_relayed_query_answered_servfail_or_by_liars_gets_only_the_true_answer
     let r = resolver_with(vec![addr], Duration::from_secs(2), &mut registry).await;
     let (answer, _) = relayed(&r, "www.broken.test.").await;
     assert!(answer.is_none(), "SERVFAIL: the regular path asks again");
-    let servfail = format!(
-        "dnsfence_gateway_upstream_queries_total{{pool=\"upstream\",upstream=\"{addr}\",result=\"servfail\"}}"
-    );
-    assert_eq!(metric(&registry, &servfail), 1.0);
+    assert_eq!(upstream_queries(&registry, addr, "servfail"), 1.0);
     task.abort();
 
     // Wrong ID, wrong name and wrong type are skipped; the matching answer comes through.

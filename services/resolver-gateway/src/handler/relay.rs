@@ -34,7 +34,8 @@ impl Gateway {
         match self.wire_start(raw, &query, src.ip(), Transport::Udp, source) {
             None => self.later(raw.to_vec(), src, client),
             Some(WireStart::Answer(bytes, verdict)) => {
-                self.reply(raw, &query, src, started, verdict, bytes, client);
+                let answered = (started, Instant::now());
+                self.reply(raw, &query, src, answered, verdict, bytes, client);
             }
             Some(WireStart::Forward(forward)) => {
                 let gateway = Arc::clone(self);
@@ -72,7 +73,8 @@ impl Gateway {
                     .await;
                 match forwarded {
                     Some((bytes, verdict)) => {
-                        self.reply(&raw, &query, src, started, verdict, bytes, client);
+                        let answered = (started, Instant::now());
+                        self.reply(&raw, &query, src, answered, verdict, bytes, client);
                     }
                     None => self.later(raw, src, client),
                 }
@@ -82,32 +84,40 @@ impl Gateway {
         match self.wire_end(&raw, &query, src.ip(), forward, upstream, arrived) {
             None => self.later(raw, src, client),
             Some(WireEnd::Answer(bytes, verdict)) => {
-                self.count_until(verdict, query.qtype, Transport::Udp, started, arrived);
-                self.log_decision(&raw, src, Transport::Udp, verdict, Some(&bytes));
-                client.send(bytes);
+                self.reply(
+                    &raw,
+                    &query,
+                    src,
+                    (started, arrived),
+                    verdict,
+                    bytes,
+                    client,
+                );
             }
             Some(WireEnd::Deliver(held)) => {
                 tokio::spawn(async move {
                     let (bytes, verdict) = self.wire_deliver(&raw, &query, held).await;
-                    self.reply(&raw, &query, src, started, verdict, bytes, client);
+                    let answered = (started, Instant::now());
+                    self.reply(&raw, &query, src, answered, verdict, bytes, client);
                 });
             }
         }
     }
 
-    /// Counts and logs an answered query, and sends the answer.
+    /// Counts and logs an answered query (`answered`: when it arrived and when its answer
+    /// was ready), and sends the answer.
     #[allow(clippy::too_many_arguments)]
     fn reply(
         &self,
         raw: &[u8],
         query: &PlainQuery,
         src: SocketAddr,
-        started: Instant,
+        (started, ready): (Instant, Instant),
         verdict: QueryVerdict,
         answer: Vec<u8>,
         client: UdpClient,
     ) {
-        self.count(verdict, query.qtype, Transport::Udp, started);
+        self.count_until(verdict, query.qtype, Transport::Udp, started, ready);
         self.log_decision(raw, src, Transport::Udp, verdict, Some(&answer));
         client.send(answer);
     }
