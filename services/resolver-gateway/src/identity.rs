@@ -4,7 +4,7 @@
 //! bindings (pod addresses → node and allowlist id) and the allowlists themselves, fed by
 //! [`dnsfence_api::tail`], and answers lookups on the query path under a read lock.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use foldhash::fast::RandomState as Seeded;
 use std::net::IpAddr;
@@ -43,6 +43,9 @@ struct State {
     /// What a lookup returns, kept resolved (binding and allowlist) so that a query costs one
     /// map lookup by address, not three (two of them hashing strings).
     by_ip: HashMap<IpAddr, PodIdentity, Seeded>,
+    /// The workloads bound to each allowlist: a new version re-points those pods only, not a
+    /// walk over every pod.
+    bound_to: HashMap<AllowlistId, HashSet<WorkloadKey, Seeded>, Seeded>,
     revision: u64,
 }
 
@@ -190,11 +193,26 @@ fn bind(state: &mut State, binding: WorkloadBinding) {
             debug!(%ip, old = %previous.workload(), new = %binding.workload, "address moved to another pod");
         }
     }
+    if let Binding::Enforced(id) = &binding.binding {
+        state
+            .bound_to
+            .entry(id.clone())
+            .or_default()
+            .insert(binding.workload.clone());
+    }
     state.bindings.insert(binding.workload.clone(), binding);
 }
 
 fn unbind(state: &mut State, key: &WorkloadKey) {
     if let Some(old) = state.bindings.remove(key) {
+        if let Binding::Enforced(id) = &old.binding
+            && let Some(workloads) = state.bound_to.get_mut(id)
+        {
+            workloads.remove(key);
+            if workloads.is_empty() {
+                state.bound_to.remove(id);
+            }
+        }
         for ip in &old.ips {
             if state.by_ip.get(ip).is_some_and(|pod| pod.workload() == key) {
                 state.by_ip.remove(ip);
@@ -225,9 +243,21 @@ fn enforced_allowlist(state: &State, id: &AllowlistId) -> Arc<Allowlist> {
 /// closed, once it is released).
 fn resolve_pods_of(state: &mut State, id: &AllowlistId) {
     let current = enforced_allowlist(state, id);
-    for pod in state.by_ip.values_mut() {
-        if matches!(&pod.binding.binding, Binding::Enforced(bound) if bound == id) {
-            pod.allowlist = Some(Arc::clone(&current));
+    let State {
+        bindings,
+        by_ip,
+        bound_to,
+        ..
+    } = state;
+    for workload in bound_to.get(id).into_iter().flatten() {
+        let Some(binding) = bindings.get(workload) else {
+            continue;
+        };
+        for ip in &binding.ips {
+            // An address another pod took over belongs to that pod's binding now.
+            if let Some(pod) = by_ip.get_mut(ip).filter(|pod| pod.workload() == workload) {
+                pod.allowlist = Some(Arc::clone(&current));
+            }
         }
     }
 }
@@ -314,6 +344,44 @@ mod tests {
         }
         assert_eq!(identities.revision(), 8);
         assert_eq!(identities.pods(), 2);
+    }
+
+    #[test]
+    fn an_allowlist_version_re_points_the_pods_bound_to_it_and_no_others() {
+        let identities = Identities::new();
+        let a = AllowlistId("a".into());
+        let b = AllowlistId("b".into());
+        // Version `n` of allowlist `id`: told apart by its number of rules.
+        let compiled = |id: &AllowlistId, n: usize| {
+            let rules = vec![isolating().rules()[0].clone(); n];
+            EventPayload::AllowlistCompiled(Allowlist::from_parts(id.clone(), rules))
+        };
+
+        event(&identities, 1, bound("p", "192.0.2.1", Some(&a)));
+        event(&identities, 2, bound("q", "192.0.2.2", Some(&b)));
+        event(&identities, 3, compiled(&a, 1));
+        assert_eq!(rules_of(&identities, "192.0.2.1"), Some(1));
+        assert_eq!(rules_of(&identities, "192.0.2.2"), Some(0));
+
+        // p moves to b: a's next version is none of its business any more.
+        event(&identities, 4, bound("p", "192.0.2.1", Some(&b)));
+        event(&identities, 5, compiled(&a, 3));
+        assert_eq!(rules_of(&identities, "192.0.2.1"), Some(0));
+        event(&identities, 6, compiled(&b, 2));
+        assert_eq!(rules_of(&identities, "192.0.2.1"), Some(2));
+        assert_eq!(rules_of(&identities, "192.0.2.2"), Some(2));
+
+        // r takes q's address under the same allowlist, then q goes: r still follows b.
+        event(&identities, 7, bound("r", "192.0.2.2", Some(&b)));
+        event(&identities, 8, EventPayload::WorkloadUnbound(key("q")));
+        event(&identities, 9, compiled(&b, 4));
+        assert_eq!(rules_of(&identities, "192.0.2.2"), Some(4));
+        event(&identities, 10, EventPayload::AllowlistReleased(b.clone()));
+        assert_eq!(rules_of(&identities, "192.0.2.1"), Some(0));
+        assert_eq!(rules_of(&identities, "192.0.2.2"), Some(0));
+        let state = identities.read();
+        assert_eq!(state.bound_to.get(&b).map(HashSet::len), Some(2));
+        assert!(!state.bound_to.contains_key(&a));
     }
 
     #[test]

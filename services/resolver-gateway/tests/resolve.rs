@@ -791,3 +791,93 @@ async fn a_relayed_query_answered_servfail_or_by_liars_gets_only_the_true_answer
     );
     task.abort();
 }
+
+/// Relays `name qtype` and sends what its continuation got to `answers`.
+fn relay_into(
+    r: &Resolver,
+    name: &str,
+    qtype: RecordType,
+    answers: &tokio::sync::mpsc::UnboundedSender<Option<Vec<u8>>>,
+) {
+    let answers = answers.clone();
+    let question = Question::new(&Name::from_ascii(name).unwrap(), qtype);
+    r.relay_wire(
+        question,
+        Box::new(move |answer, _| {
+            let _ = answers.send(answer.map(<[u8]>::to_vec));
+        }),
+    );
+}
+
+#[tokio::test]
+async fn identical_relayed_queries_in_flight_share_one_upstream_exchange() {
+    let auth = authority().await;
+    let mut registry = Registry::default();
+    let r = resolver_with(vec![auth.addr()], Duration::from_secs(5), &mut registry).await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    // Relayed back to back on this one-thread runtime, before the receive task can see an
+    // answer: the same name in any case is one question; another type is another.
+    for n in [
+        "www.example.test.",
+        "WWW.Example.TEST.",
+        "www.example.test.",
+    ] {
+        relay_into(&r, n, RecordType::A, &tx);
+    }
+    relay_into(&r, "www.example.test.", RecordType::AAAA, &tx);
+    let mut answers = Vec::new();
+    for _ in 0..4 {
+        answers.push(rx.recv().await.unwrap().expect("an answer"));
+    }
+    assert_eq!(auth.queries(), 2);
+    let joined = format!(
+        "dnsfence_gateway_upstream_joined_queries_total{{pool=\"upstream\",upstream=\"{}\"}}",
+        auth.addr()
+    );
+    assert_eq!(metric(&registry, &joined), 2.0);
+    let counts: Vec<(RecordType, usize)> = answers
+        .iter()
+        .map(|a| {
+            let m = Message::from_vec(a).unwrap();
+            (m.queries[0].query_type, m.answers.len())
+        })
+        .collect();
+    assert_eq!(
+        counts.iter().filter(|c| **c == (RecordType::A, 2)).count(),
+        3,
+        "{counts:?}"
+    );
+    assert!(counts.contains(&(RecordType::AAAA, 1)), "{counts:?}");
+
+    // Once answered, the question is asked again.
+    let (answer, _) = relayed(&r, "www.example.test.").await;
+    assert!(answer.is_some());
+    assert_eq!(auth.queries(), 3);
+    assert_eq!(metric(&registry, &joined), 2.0);
+}
+
+#[tokio::test]
+async fn queries_that_joined_a_relay_that_timed_out_get_none_with_it() {
+    let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    let mut registry = Registry::default();
+    let r = resolver_with(vec![addr], Duration::from_millis(100), &mut registry).await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for _ in 0..3 {
+        relay_into(&r, "www.example.test.", RecordType::A, &tx);
+    }
+    for _ in 0..3 {
+        assert_eq!(rx.recv().await.unwrap(), None);
+    }
+    assert_eq!(upstream_queries(&registry, addr, "timeout"), 1.0);
+    // The silent server saw the one query.
+    let mut buf = [0u8; 512];
+    tokio::time::timeout(Duration::from_secs(1), silent.recv(&mut buf))
+        .await
+        .expect("the query reached the server")
+        .unwrap();
+    assert!(
+        silent.try_recv(&mut buf).is_err(),
+        "a second query was sent"
+    );
+}

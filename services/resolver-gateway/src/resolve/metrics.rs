@@ -50,6 +50,7 @@ pub struct ResolverMetrics {
     upstream_queries: Family<UpstreamResultLabels, Counter>,
     upstream_latency: HistogramFamily,
     upstream_mismatched: Family<UpstreamLabels, Counter>,
+    upstream_joined: Family<UpstreamLabels, Counter>,
 }
 
 impl ResolverMetrics {
@@ -62,6 +63,7 @@ impl ResolverMetrics {
             upstream_queries: Family::default(),
             upstream_latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             upstream_mismatched: Family::default(),
+            upstream_joined: Family::default(),
         };
         // Counters get their `_total` suffix from prometheus-client.
         registry.register(
@@ -93,6 +95,11 @@ impl ResolverMetrics {
             "dnsfence_gateway_upstream_mismatched_answers",
             "UDP answers discarded because their ID or question matched no query in flight",
             metrics.upstream_mismatched.clone(),
+        );
+        registry.register(
+            "dnsfence_gateway_upstream_joined_queries",
+            "Relayed UDP misses that joined an identical query in flight instead of asking again",
+            metrics.upstream_joined.clone(),
         );
         metrics
     }
@@ -130,6 +137,7 @@ impl ResolverMetrics {
             truncated: result("truncated"),
             latency: self.upstream_latency.get_or_create(&labels).clone(),
             mismatched: self.upstream_mismatched.get_or_create(&labels).clone(),
+            joined: self.upstream_joined.get_or_create(&labels).clone(),
         }
     }
 }
@@ -152,4 +160,5 @@ pub(super) struct UpstreamMetrics {
     pub truncated: Counter,
     pub latency: Histogram,
     pub mismatched: Counter,
+    pub joined: Counter,
 }

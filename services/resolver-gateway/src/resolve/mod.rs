@@ -29,7 +29,8 @@
 //!   to the chain (records owned by the asked name or a CNAME target on the chain, in chain
 //!   order); the authority section to the SOA of a negative answer.
 //! - Concurrent identical misses are coalesced: one upstream exchange, the other callers wait
-//!   for its result.
+//!   for its result. Relayed misses of the wire path too: an identical relayed question in
+//!   flight on the same server is joined (see the `relay` module).
 //!
 //! # Metrics
 //!
@@ -44,6 +45,7 @@
 //! | `dnsfence_gateway_upstream_queries_total` | counter | pool, upstream, result | exchanges with an upstream; result = `ok` (an answer other than SERVFAIL), `timeout`, `servfail`, `error` (network error, ICMP unreachable, malformed answer), `truncated` (a TC answer over UDP, followed by a TCP exchange counted on its own) |
 //! | `dnsfence_gateway_upstream_latency_seconds` | histogram | pool, upstream | time from sending a query to its answer (UDP, or TCP including the connection), 50 µs to 5 s buckets |
 //! | `dnsfence_gateway_upstream_mismatched_answers_total` | counter | pool, upstream | answers discarded because their ID or question matched no query in flight |
+//! | `dnsfence_gateway_upstream_joined_queries_total` | counter | pool, upstream | relayed UDP misses that joined an identical query in flight to that upstream instead of asking it again |
 
 mod cache;
 mod error;

@@ -6,12 +6,16 @@
 //! caller goes on with `Resolver::forward_wire_after_relay`, which makes the remaining
 //! attempts (and TCP): `--upstream-attempts` counts the relayed one.
 //!
+//! Identical relayed queries (the same lower-cased name and type) in flight at once share one
+//! upstream exchange: the later ones join the first one's continuations, on the socket the
+//! question's hash picks, and all of them get its answer (or its `None`).
+//!
 //! Why: under a cache-busting load a forwarded miss is the gateway's most frequent query, and
 //! a task, a channel and a timer per query, with their wake-ups, cost as much as filtering and
 //! re-sending the answer (profiles in `loadtest/results/`).
 
+use std::hash::BuildHasher;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use tracing::debug;
@@ -24,17 +28,25 @@ use super::upstream::{Question, Server, Upstreams, encode_query};
 /// that was known (one clock read for the latency metric and the caller).
 pub type Continuation = Box<dyn FnOnce(Option<&[u8]>, Instant) + Send>;
 
+/// Hashes questions for [`Relay::key`]. Fixed seed: the hash only spreads questions over a
+/// server's sockets and finds them among the relays in flight, where it is checked.
+static QUESTION_HASHER: foldhash::fast::FixedState = foldhash::fast::FixedState::with_seed(0x5eed);
+
 /// Shortest and longest interval between two sweeps for timed-out relays.
 const SWEEP_MIN: Duration = Duration::from_millis(5);
 const SWEEP_MAX: Duration = Duration::from_millis(100);
 
 pub(super) struct Relay {
     pub(super) question: Question,
-    deadline: Instant,
+    /// The question's hash: which socket asks it, and its key among the relays in flight.
+    pub(super) key: u64,
+    pub(super) deadline: Instant,
     started: Instant,
     epoch: Instant,
     server: Arc<Server>,
     then: Continuation,
+    /// Identical queries that arrived while this one was in flight.
+    joined: Vec<Continuation>,
 }
 
 /// Why a relayed attempt brought no answer, as far as the server's health is concerned.
@@ -56,16 +68,24 @@ impl Relay {
             .observe(now.saturating_duration_since(self.started).as_secs_f64());
         if bytes.get(2).is_some_and(|f| f & 0x02 != 0) {
             m.truncated.inc();
-            return (self.then)(None, now);
+            return self.call(None, now);
         }
         // The server is alive: SERVFAIL is about the name (the regular path asks the others).
         if bytes.get(3).is_some_and(|f| f & 0x0f == 2) {
             m.servfail.inc();
-            return (self.then)(None, now);
+            return self.call(None, now);
         }
         m.ok.inc();
         self.server.health.success();
-        (self.then)(Some(bytes), now);
+        self.call(Some(bytes), now);
+    }
+
+    /// Hands the outcome to the query and to those that joined it.
+    fn call(self, answer: Option<&[u8]>, now: Instant) {
+        (self.then)(answer, now);
+        for then in self.joined {
+            then(answer, now);
+        }
     }
 
     pub(super) fn failed(self, failure: Failure) {
@@ -76,7 +96,7 @@ impl Relay {
         };
         let now = Instant::now();
         self.server.health.failure(micros_since(self.epoch, now));
-        (self.then)(None, now);
+        self.call(None, now);
     }
 }
 
@@ -95,23 +115,31 @@ impl Upstreams {
         else {
             return then(None, started);
         };
-        let conn =
-            &server.conns[server.next_conn.fetch_add(1, Ordering::Relaxed) % server.conns.len()];
+        let key = QUESTION_HASHER.hash_one((question.name(), question.qtype()));
+        // Identical questions go to the same socket, where the one in flight is found.
+        let conn = &server.conns[(key % server.conns.len() as u64) as usize];
         let token = conn.next_token();
         let (id, bytes) = {
             let mut pending = conn.pending();
-            let Some(id) = UdpConn::free_id(&pending) else {
+            if let Some(relay) = pending.relay_of(key, &question) {
+                relay.joined.push(then);
+                server.metrics.joined.inc();
+                return;
+            }
+            let Some(id) = pending.free_id() else {
                 drop(pending);
                 return then(None, started);
             };
             let bytes = encode_query(id, &question);
             let relay = Relay {
                 question,
+                key,
                 deadline: started + self.timeout,
                 started,
                 epoch: self.epoch,
                 server: Arc::clone(server),
                 then,
+                joined: Vec::new(),
             };
             pending.insert(
                 id,
@@ -163,20 +191,7 @@ pub(super) async fn sweep_loop(servers: Vec<Arc<Server>>, timeout: Duration) {
         tick.tick().await;
         let now = Instant::now();
         for conn in servers.iter().flat_map(|s| s.conns.iter()) {
-            let expired: Vec<Relay> = {
-                let mut pending = conn.pending();
-                let ids: Vec<u16> = pending
-                    .iter()
-                    .filter(|(_, p)| matches!(&p.waiter, Waiter::Relay(r) if r.deadline <= now))
-                    .map(|(id, _)| *id)
-                    .collect();
-                ids.iter()
-                    .filter_map(|id| match pending.remove(id)?.waiter {
-                        Waiter::Relay(relay) => Some(relay),
-                        Waiter::Task { .. } => None,
-                    })
-                    .collect()
-            };
+            let expired = conn.pending().expired_relays(now);
             for relay in expired {
                 relay.failed(Failure::Timeout);
             }

@@ -1,7 +1,8 @@
 //! One connected UDP socket towards an upstream server and the queries in flight on it: the
-//! table of pending queries (by ID, with a token telling successive users of an ID apart),
-//! the exchange of a task that awaits its answer, and the receive task that matches every
-//! answer (ID and question) to its waiter.
+//! table of pending queries (by ID, with a token telling successive users of an ID apart, and
+//! the relayed ones also by question, so that an identical relayed query joins the one in
+//! flight), the exchange of a task that awaits its answer, and the receive task that matches
+//! every answer (ID and question) to its waiter.
 
 use std::{
     collections::HashMap,
@@ -10,12 +11,13 @@ use std::{
         Arc, Mutex, MutexGuard, PoisonError,
         atomic::{AtomicU64, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use prometheus_client::metrics::counter::Counter;
 use tokio::{net::UdpSocket, sync::oneshot};
 
+use super::relay::Relay;
 use super::upstream::{HEADER, Question, encode_query};
 
 /// Tries to find a query ID not in flight on a socket.
@@ -24,16 +26,24 @@ const ID_TRIES: usize = 32;
 const RECV_BUFFER: usize = 65_535;
 
 /// One connected UDP socket and the queries in flight on it.
-/// One connected UDP socket and the queries in flight on it.
 pub(super) struct UdpConn {
     pub(super) socket: UdpSocket,
-    pending: Mutex<PendingMap>,
+    pending: Mutex<PendingTable>,
     /// Distinguishes successive users of one query ID.
     next_token: AtomicU64,
     pub(super) mismatched: Counter,
 }
 
-pub(super) type PendingMap = HashMap<u16, Pending, foldhash::fast::RandomState>;
+type Seeded = foldhash::fast::RandomState;
+
+/// The queries in flight on one socket.
+#[derive(Default)]
+pub(super) struct PendingTable {
+    by_id: HashMap<u16, Pending, Seeded>,
+    /// The ID of the relayed query in flight for a question, by [`Relay::key`]. An entry
+    /// is a hint checked against `by_id` (hash collisions, reused IDs), never trusted alone.
+    relays: HashMap<u64, u16, Seeded>,
+}
 
 pub(super) struct Pending {
     pub(super) token: u64,
@@ -49,7 +59,7 @@ pub(super) enum Waiter {
     },
     /// A relayed query ([`super::relay`]): called in the receive task, or by the sweep once
     /// it timed out.
-    Relay(super::relay::Relay),
+    Relay(Relay),
 }
 
 impl Waiter {
@@ -76,7 +86,7 @@ impl UdpConn {
     ) -> (Arc<UdpConn>, tokio::task::JoinHandle<()>) {
         let conn = Arc::new(UdpConn {
             socket,
-            pending: Mutex::new(PendingMap::default()),
+            pending: Mutex::new(PendingTable::default()),
             next_token: AtomicU64::new(0),
             mismatched,
         });
@@ -90,24 +100,87 @@ pub(super) enum ExchangeError {
     Io(String),
 }
 
-impl UdpConn {
-    pub(super) fn pending(&self) -> MutexGuard<'_, PendingMap> {
-        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
+impl PendingTable {
     /// A random query ID not in flight on this socket.
-    pub(super) fn free_id(pending: &PendingMap) -> Option<u16> {
+    pub(super) fn free_id(&self) -> Option<u16> {
         (0..ID_TRIES)
             .map(|_| rand::random::<u16>())
-            .find(|id| !pending.contains_key(id))
+            .find(|id| !self.by_id.contains_key(id))
+    }
+
+    pub(super) fn insert(&mut self, id: u16, pending: Pending) {
+        let key = match &pending.waiter {
+            Waiter::Relay(relay) => Some(relay.key),
+            Waiter::Task { .. } => None,
+        };
+        if let Some(replaced) = self.by_id.insert(id, pending) {
+            self.unindex(id, &replaced);
+        }
+        if let Some(key) = key {
+            self.relays.insert(key, id);
+        }
+    }
+
+    pub(super) fn get(&self, id: u16) -> Option<&Pending> {
+        self.by_id.get(&id)
+    }
+
+    pub(super) fn remove(&mut self, id: u16) -> Option<Pending> {
+        let pending = self.by_id.remove(&id)?;
+        self.unindex(id, &pending);
+        Some(pending)
+    }
+
+    fn unindex(&mut self, id: u16, pending: &Pending) {
+        if let Waiter::Relay(relay) = &pending.waiter
+            && self.relays.get(&relay.key) == Some(&id)
+        {
+            self.relays.remove(&relay.key);
+        }
+    }
+
+    /// The relayed query in flight for `question` (`key`: its hash), to join.
+    pub(super) fn relay_of(&mut self, key: u64, question: &Question) -> Option<&mut Relay> {
+        let id = *self.relays.get(&key)?;
+        match &mut self.by_id.get_mut(&id)?.waiter {
+            Waiter::Relay(relay) if relay.question == *question => Some(relay),
+            _ => None,
+        }
+    }
+
+    /// Removes and returns the relayed queries whose deadline passed.
+    pub(super) fn expired_relays(&mut self, now: Instant) -> Vec<Relay> {
+        let ids: Vec<u16> = self
+            .by_id
+            .iter()
+            .filter(|(_, p)| matches!(&p.waiter, Waiter::Relay(r) if r.deadline <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        ids.into_iter()
+            .filter_map(|id| match self.remove(id)?.waiter {
+                Waiter::Relay(relay) => Some(relay),
+                Waiter::Task { .. } => None,
+            })
+            .collect()
+    }
+
+    pub(super) fn drain(&mut self) -> Vec<Pending> {
+        self.relays.clear();
+        self.by_id.drain().map(|(_, p)| p).collect()
+    }
+}
+
+impl UdpConn {
+    pub(super) fn pending(&self) -> MutexGuard<'_, PendingTable> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Removes the query in flight under `id` if it is still the one of `token` (not
     /// answered, timed out or replaced by a later query since).
     pub(super) fn take(&self, id: u16, token: u64) -> Option<Pending> {
         let mut pending = self.pending();
-        match pending.get(&id) {
-            Some(p) if p.token == token => pending.remove(&id),
+        match pending.get(id) {
+            Some(p) if p.token == token => pending.remove(id),
             _ => None,
         }
     }
@@ -126,7 +199,7 @@ impl UdpConn {
         let token = self.next_token();
         let id = {
             let mut pending = self.pending();
-            let Some(id) = Self::free_id(&pending) else {
+            let Some(id) = pending.free_id() else {
                 return Err(ExchangeError::Io("no free query ID on the socket".into()));
             };
             pending.insert(
@@ -171,8 +244,8 @@ impl UdpConn {
         };
         let pending = id.and_then(|id| {
             let mut map = self.pending();
-            match map.get(&id) {
-                Some(p) if p.waiter.question().is_asked_by(bytes) => map.remove(&id),
+            match map.get(id) {
+                Some(p) if p.waiter.question().is_asked_by(bytes) => map.remove(id),
                 _ => None,
             }
         });
@@ -199,7 +272,7 @@ impl UdpConn {
 
     /// An ICMP port unreachable fails every query in flight on the socket at once.
     fn fail_all(&self) {
-        let drained: Vec<Pending> = self.pending().drain().map(|(_, p)| p).collect();
+        let drained = self.pending().drain();
         for p in drained {
             match p.waiter {
                 Waiter::Task { reply, .. } => {

@@ -70,7 +70,7 @@ impl Drop for Upstreams {
         // Relayed queries still in flight hold their server: let both go.
         for server in &self.servers {
             for conn in &server.conns {
-                conn.pending().clear();
+                drop(conn.pending().drain());
             }
         }
     }
@@ -118,6 +118,10 @@ impl Question {
     /// The name in lower-case wire form.
     pub fn name(&self) -> &[u8] {
         &self.name
+    }
+
+    pub fn qtype(&self) -> u16 {
+        self.qtype
     }
 
     /// Whether `answer` (a whole message) carries exactly this question.
