@@ -435,6 +435,84 @@ async fn a_cache_hit_still_grants_another_pod_and_held_grants_are_not_resent() {
     assert_eq!(restarted.grants().len(), 1);
 }
 
+/// An upstream that passes every query on to `authority` after `delay`.
+async fn delaying_upstream(
+    authority: std::net::SocketAddr,
+    delay: Duration,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let socket = std::sync::Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let addr = socket.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+            let query = buf[..n].to_vec();
+            let socket = std::sync::Arc::clone(&socket);
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let out = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+                out.send_to(&query, authority).await.unwrap();
+                let mut answer = vec![0u8; 4096];
+                let n = out.recv(&mut answer).await.unwrap();
+                socket.send_to(&answer[..n], from).await.unwrap();
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test]
+async fn two_pods_asking_the_same_name_at_once_share_one_upstream_query_but_not_their_grants() {
+    let authority = start_authority().await.unwrap();
+    let (upstream, proxy) = delaying_upstream(authority.addr(), Duration::from_millis(300)).await;
+    let store = StoreHandle::start().await.unwrap();
+    store.seed().await.unwrap();
+    let gateway = GatewayHandle::start(store.addr, &[upstream], &[])
+        .await
+        .unwrap();
+    gateway.ready().await.unwrap();
+    let node_a = gateway
+        .subscribe("node-a", AckMode::Immediately)
+        .await
+        .unwrap();
+    let node_b = gateway
+        .subscribe("node-b", AckMode::Immediately)
+        .await
+        .unwrap();
+
+    // The second query arrives while the first one's upstream query is held up.
+    let (a, b) = tokio::join!(
+        udp(gateway.dns, NGINX_A, "www.example.test", RecordType::A),
+        async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            udp(gateway.dns, NGINX_B, "www.example.test", RecordType::A).await
+        }
+    );
+    let expected: Vec<IpAddr> = vec!["198.51.100.1".parse().unwrap()];
+    for answer in [a.unwrap(), b.unwrap()] {
+        assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
+        assert_eq!(addresses(&answer), expected);
+    }
+    assert_eq!(authority.queries(), 1, "one upstream query for both");
+    let metrics = gateway.metrics().await.unwrap();
+    assert_eq!(
+        metric(
+            &metrics,
+            "dnsfence_gateway_upstream_joined_queries_total",
+            &[]
+        ),
+        1.0,
+        "{metrics}"
+    );
+    // Each pod's grant went to its own node's enforcer.
+    for (node, pod) in [(&node_a, NGINX_A), (&node_b, NGINX_B)] {
+        let grants = node.grants();
+        assert_eq!(grants.len(), 1, "{grants:?}");
+        assert_eq!(grants[0].pod_ip, pod.octets().to_vec());
+        assert_eq!(ip_of(&grants[0].destination_ip), expected[0]);
+    }
+    proxy.abort();
+}
+
 #[tokio::test]
 async fn a_dual_stack_pod_asking_over_ipv4_is_granted_ipv6_answers_on_its_ipv6_address() {
     let world = World::start(&[]).await.unwrap();
