@@ -57,8 +57,10 @@ taskset -c "$SIDE_CPU" "$BIN/grant-sink" --gateway "unix://$W/grants.sock" --nod
 sink=$!
 
 # After the exec below this shell's pid is the gateway's: stop the helpers when it is gone.
+# `tail --pid` checks once a second without starting a process: a `sleep` started every half
+# second (fork, exec, on any core) stalled the measured run for a millisecond or two each time.
 gateway=$$
-( while kill -0 "$gateway" 2>/dev/null; do sleep 0.5; done
+( taskset -c "$SIDE_CPU" tail --pid="$gateway" -f /dev/null
   kill "$sink" "$store" 2>/dev/null; sleep 1; rm -rf "$W" ) > /dev/null 2>&1 &
 
 # The harness gives the server one core, as it gives hickory-dns `--workers 1`: one thread
