@@ -8,7 +8,8 @@
 //!
 //! Identical relayed queries (the same lower-cased name and type) in flight at once share one
 //! upstream exchange: the later ones join the first one's continuations, on the socket the
-//! question's hash picks, and all of them get its answer (or its `None`).
+//! question's hash picks, and all of them get its answer (or its `None`; each then makes its
+//! remaining attempts on its own).
 //!
 //! Why: under a cache-busting load a forwarded miss is the gateway's most frequent query, and
 //! a task, a channel and a timer per query, with their wake-ups, cost as much as filtering and
