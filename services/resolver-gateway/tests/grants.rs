@@ -10,8 +10,20 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use dnsfence_api::grants::v1 as gpb;
-use hickory_proto::op::ResponseCode;
+use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::RecordType;
+
+/// `www.example.test A`, asked by nginx-a.
+async fn www_from_nginx_a(world: &World) -> Message {
+    udp(
+        world.gateway.dns,
+        NGINX_A,
+        "www.example.test",
+        RecordType::A,
+    )
+    .await
+    .unwrap()
+}
 
 fn grant_for<'g>(grants: &'g [gpb::Grant], dest: &str) -> &'g gpb::Grant {
     let dest: IpAddr = dest.parse().unwrap();
@@ -39,14 +51,7 @@ async fn the_answer_is_sent_only_after_the_enforcer_acked() {
         .unwrap();
 
     let sent = Instant::now();
-    let answer = udp(
-        world.gateway.dns,
-        NGINX_A,
-        "www.example.test",
-        RecordType::A,
-    )
-    .await
-    .unwrap();
+    let answer = www_from_nginx_a(&world).await;
     let answered = Instant::now();
     assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
     let batches = sub.batches.lock().unwrap().clone();
@@ -80,14 +85,7 @@ async fn without_an_ack_the_answer_goes_out_after_the_timeout_and_is_counted() {
         .await
         .unwrap();
     let sent = Instant::now();
-    let answer = udp(
-        world.gateway.dns,
-        NGINX_A,
-        "www.example.test",
-        RecordType::A,
-    )
-    .await
-    .unwrap();
+    let answer = www_from_nginx_a(&world).await;
     assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
     assert!(sent.elapsed() >= Duration::from_millis(150));
     let metrics = world.gateway.metrics().await.unwrap();
@@ -366,14 +364,7 @@ async fn a_cache_hit_still_grants_another_pod_and_held_grants_are_not_resent() {
 
     // The answer cache admits a question on its second miss: ask twice.
     for _ in 0..2 {
-        udp(
-            world.gateway.dns,
-            NGINX_A,
-            "www.example.test",
-            RecordType::A,
-        )
-        .await
-        .unwrap();
+        www_from_nginx_a(&world).await;
     }
     let upstream_queries = world.authority.queries();
     let from_cache = udp(
@@ -404,14 +395,7 @@ async fn a_cache_hit_still_grants_another_pod_and_held_grants_are_not_resent() {
     );
 
     // Asking again: node-a already holds the grant with a later expiry.
-    udp(
-        world.gateway.dns,
-        NGINX_A,
-        "www.example.test",
-        RecordType::A,
-    )
-    .await
-    .unwrap();
+    www_from_nginx_a(&world).await;
     assert_eq!(node_a.batches.lock().unwrap().len(), 1, "not re-sent");
     let metrics = world.gateway.metrics().await.unwrap();
     assert!(metric(&metrics, "dnsfence_gateway_grants_deduplicated_total", &[]) >= 1.0);
@@ -424,15 +408,37 @@ async fn a_cache_hit_still_grants_another_pod_and_held_grants_are_not_resent() {
         .subscribe("node-a", AckMode::Immediately)
         .await
         .unwrap();
-    udp(
-        world.gateway.dns,
-        NGINX_A,
-        "www.example.test",
-        RecordType::A,
-    )
-    .await
-    .unwrap();
+    www_from_nginx_a(&world).await;
     assert_eq!(restarted.grants().len(), 1);
+}
+
+#[tokio::test]
+async fn a_miss_whose_grants_are_held_is_answered_at_once_with_the_ttl_they_have_left() {
+    let world = World::start(&["--grant-max-ttl=30s"]).await.unwrap();
+    let node_a = world
+        .gateway
+        .subscribe("node-a", AckMode::Immediately)
+        .await
+        .unwrap();
+    let first = www_from_nginx_a(&world).await;
+    assert_eq!(first.answers[0].ttl, 30);
+    assert_eq!(node_a.batches.lock().unwrap().len(), 1);
+
+    // Not cached yet (the cache admits a question on its second miss): the upstream is asked
+    // again, and the grant the enforcer holds since then caps the answer's TTL.
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    let queries = world.authority.queries();
+    let second = www_from_nginx_a(&world).await;
+    assert_eq!(world.authority.queries(), queries + 1, "a miss");
+    assert_eq!(addresses(&second), addresses(&first));
+    let ttl = second.answers[0].ttl;
+    assert!((26..=28).contains(&ttl), "ttl {ttl}");
+    assert_eq!(node_a.batches.lock().unwrap().len(), 1, "not re-sent");
+    let metrics = world.gateway.metrics().await.unwrap();
+    assert_eq!(
+        metric(&metrics, "dnsfence_gateway_grants_deduplicated_total", &[]),
+        1.0
+    );
 }
 
 /// An upstream that passes every query on to `authority` after `delay`.
