@@ -65,7 +65,8 @@ impl AnswerKey {
 #[derive(Debug, Clone)]
 pub struct GrantTemplate {
     pub ip: IpAddr,
-    pub ports: Vec<PortRange>,
+    /// Shared by the addresses that get the name's ports (every one, without CIDR rules).
+    pub ports: Arc<[PortRange]>,
     /// The address record's TTL when the answer was stored.
     pub ttl: u32,
 }

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dnsfence_api::Grant;
-use dnsfence_policy::allowlist::{Allowlist, Destination};
+use dnsfence_policy::allowlist::Allowlist;
 
 use super::Gateway;
-use crate::fast::{AnswerKey, CachedAnswer, GrantTemplate, Verdict};
+use crate::fast::{AnswerKey, CachedAnswer, Verdict};
 use crate::identity::{Lookup, PodIdentity};
 use crate::metrics::{QueryVerdict, Transport};
 use crate::wire::{PlainQuery, parse_plain_query};
@@ -139,33 +139,10 @@ impl Gateway {
         let mut ttl_cap = self.settings.grant_max_ttl;
         if pod.allowlist.is_some() && !verdict.grants.is_empty() {
             let age = cached.age(now);
-            let wanted = verdict.grants.iter().map(|t| {
-                (
-                    grant_source(&pod, src, t.ip),
-                    t.ip,
-                    t.ports.as_slice(),
-                    self.lifetime(t.ttl.saturating_sub(age)),
-                )
-            });
-            match self.hub.already_held(pod.node(), wanted, now) {
-                Some(remaining) => {
-                    ttl_cap = ttl_cap.min(remaining);
-                    self.metrics
-                        .grants_deduplicated
-                        .inc_by(verdict.grants.len() as u64);
-                }
+            match self.held(&pod, src, &verdict.grants, age, now) {
+                Some(remaining) => ttl_cap = ttl_cap.min(remaining),
                 None => {
-                    let grants = verdict
-                        .grants
-                        .iter()
-                        .map(|t| Grant {
-                            pod_ip: grant_source(&pod, src, t.ip),
-                            destination_ip: t.ip,
-                            ports: t.ports.clone(),
-                            lifetime: self.lifetime(t.ttl.saturating_sub(age)),
-                            name: cached.name.clone(),
-                        })
-                        .collect();
+                    let grants = self.grants_of(&pod, src, &cached.name, &verdict.grants, age);
                     return FastStep::Grant {
                         cached,
                         pod,
@@ -233,23 +210,16 @@ impl Gateway {
     ) -> Verdict {
         let allowlist = allowlist.unwrap_or(Allowlist::empty());
         let default = self.settings.default_policy;
-        if !allowlist.decide_name(&cached.name, default).is_allowed() {
+        let decision = allowlist.decide_name(&cached.name, default);
+        if !decision.is_allowed() {
             return Verdict {
                 allowed: false,
                 grants: Arc::from(Vec::new()),
             };
         }
-        let grants: Vec<GrantTemplate> = cached
-            .addresses
-            .iter()
-            .filter_map(|&(ip, ttl)| {
-                let ports = allowlist
-                    .allowed_ports(Destination::Resolved(&cached.name, ip), default)
-                    .allowed
-                    .ranges();
-                (!ports.is_empty()).then_some(GrantTemplate { ip, ports, ttl })
-            })
-            .collect();
+        let addresses = cached.addresses.iter().copied();
+        let grants =
+            self.grant_templates(allowlist, &cached.name, Some(&decision.allowed), addresses);
         Verdict {
             allowed: true,
             grants: Arc::from(grants),

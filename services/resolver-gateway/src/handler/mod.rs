@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use dnsfence_api::Grant;
 use dnsfence_policy::allowlist::{Allowlist, DefaultPolicy, Destination};
 use dnsfence_policy::domain::normalize_name;
-use dnsfence_policy::ports::PortSet;
+use dnsfence_policy::ports::{PortRange, PortSet};
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::{DNSClass, RData, Record};
 use tracing::{Instrument, debug, instrument, warn};
@@ -30,7 +30,9 @@ use response::{
 };
 
 use crate::config::{AckTimeoutAction, Config, DecisionLogs, DeniedRcode, UnknownSource};
-use crate::fast::{AnswerCache, AnswerKey, CachedAnswer, Denial, DenialCache, Doorkeeper};
+use crate::fast::{
+    AnswerCache, AnswerKey, CachedAnswer, Denial, DenialCache, Doorkeeper, GrantTemplate,
+};
 use crate::grants::{Delivery, GrantHub};
 use crate::identity::{Identities, Lookup, PodIdentity};
 use crate::metrics::{GatewayMetrics, QueryVerdict, ReasonLabels, Transport};
@@ -512,61 +514,101 @@ impl Gateway {
         answers: &[Record],
     ) -> Vec<Grant> {
         let addresses = record_addresses(answers);
-        let mut grants = self.grants_for_addresses(allowlist, name, None, pod_ip, addresses);
-        for g in &mut grants {
-            g.pod_ip = grant_source(pod, pod_ip, g.destination_ip);
-        }
+        let templates = self.grant_templates(allowlist, name, None, addresses);
+        let grants = self.grants_of(pod, pod_ip, name, &templates, 0);
         debug!(pod = %pod.workload(), count = grants.len(), "grants");
         grants
     }
 
-    /// One grant per address the allowlist lets the pod reach on some port. `name_ports`: what
-    /// `decide_name` gave the name, if the caller has it (used when no rule names addresses).
-    fn grants_for_addresses(
+    /// One grant template per address the allowlist lets the pod reach on some port (a
+    /// repeated address once, with its longest TTL). `name_ports`: what `decide_name` gave
+    /// the name, if the caller has it (used when no rule names addresses).
+    fn grant_templates(
         &self,
         allowlist: &Allowlist,
         name: &str,
         name_ports: Option<&PortSet>,
-        pod_ip: IpAddr,
         addresses: impl Iterator<Item = (IpAddr, u32)>,
-    ) -> Vec<Grant> {
+    ) -> Vec<GrantTemplate> {
         let default = self.settings.default_policy;
         // Without CIDR rules every address of the name gets the name's ports: evaluate once.
         let shared = allowlist
             .is_address_independent()
             .then(|| match name_ports {
-                Some(ports) => ports.ranges(),
-                None => allowlist
-                    .allowed_ports(Destination::Name(name), default)
-                    .allowed
-                    .ranges(),
+                Some(ports) => Arc::from(ports.ranges()),
+                None => Arc::from(
+                    allowlist
+                        .allowed_ports(Destination::Name(name), default)
+                        .allowed
+                        .ranges(),
+                ),
             });
-        let mut grants: Vec<Grant> = Vec::new();
+        let mut templates: Vec<GrantTemplate> = Vec::new();
         for (ip, ttl) in addresses {
-            let ports = match &shared {
-                Some(ports) => ports.clone(),
-                None => allowlist
-                    .allowed_ports(Destination::Resolved(name, ip), default)
-                    .allowed
-                    .ranges(),
+            if let Some(existing) = templates.iter_mut().find(|t| t.ip == ip) {
+                existing.ttl = existing.ttl.max(ttl);
+                continue;
+            }
+            let ports: Arc<[PortRange]> = match &shared {
+                Some(ports) => Arc::clone(ports),
+                None => Arc::from(
+                    allowlist
+                        .allowed_ports(Destination::Resolved(name, ip), default)
+                        .allowed
+                        .ranges(),
+                ),
             };
-            if ports.is_empty() {
-                continue;
+            if !ports.is_empty() {
+                templates.push(GrantTemplate { ip, ports, ttl });
             }
-            let ttl = Duration::from_secs(u64::from(ttl));
-            let lifetime = ttl.clamp(self.settings.grant_min_ttl, self.settings.grant_max_ttl);
-            if let Some(existing) = grants.iter_mut().find(|g| g.destination_ip == ip) {
-                existing.lifetime = existing.lifetime.max(lifetime);
-                continue;
-            }
-            grants.push(Grant {
-                pod_ip,
-                destination_ip: ip,
-                ports,
-                lifetime,
-                name: name.to_owned(),
-            });
         }
-        grants
+        templates
+    }
+
+    /// The time the shortest of `templates`' grants (their TTLs less `age` seconds) still
+    /// lives at the enforcers of `pod`'s node, if they hold every one: counted as deduplicated.
+    /// `None`: they must be sent ([`Gateway::grants_of`]).
+    fn held(
+        &self,
+        pod: &PodIdentity,
+        src: IpAddr,
+        templates: &[GrantTemplate],
+        age: u32,
+        now: Instant,
+    ) -> Option<Duration> {
+        let wanted = templates.iter().map(|t| {
+            (
+                grant_source(pod, src, t.ip),
+                t.ip,
+                &t.ports[..],
+                self.lifetime(t.ttl.saturating_sub(age)),
+            )
+        });
+        let remaining = self.hub.already_held(pod.node(), wanted, now)?;
+        self.metrics
+            .grants_deduplicated
+            .inc_by(templates.len() as u64);
+        Some(remaining)
+    }
+
+    /// `templates` as grants for `pod` asking from `src` (TTLs less `age` seconds).
+    fn grants_of(
+        &self,
+        pod: &PodIdentity,
+        src: IpAddr,
+        name: &str,
+        templates: &[GrantTemplate],
+        age: u32,
+    ) -> Vec<Grant> {
+        templates
+            .iter()
+            .map(|t| Grant {
+                pod_ip: grant_source(pod, src, t.ip),
+                destination_ip: t.ip,
+                ports: t.ports.to_vec(),
+                lifetime: self.lifetime(t.ttl.saturating_sub(age)),
+                name: name.to_owned(),
+            })
+            .collect()
     }
 }

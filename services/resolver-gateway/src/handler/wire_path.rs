@@ -19,10 +19,8 @@ use dnsfence_api::Grant;
 use dnsfence_policy::allowlist::NameDecision;
 
 use dnsfence_policy::allowlist::Allowlist;
-use dnsfence_policy::ports::PortSet;
 use tracing::{debug, warn};
 
-use super::fast_path::grant_source;
 use super::response::ERROR_ANSWER_PAYLOAD;
 use super::{EDE_BLOCKED, Gateway};
 use crate::fast::{AnswerKey, CachedAnswer, Denial};
@@ -347,28 +345,15 @@ impl Gateway {
         }
         let mut ttl_cap = self.settings.grant_max_ttl;
         if let Some(allowlist) = &pod.allowlist {
-            if let Some(remaining) =
-                self.held_without_building(allowlist, &pod, src, &decision.allowed, &addresses, now)
-            {
-                let cap = ttl_cap.min(remaining);
-                let out = self.wire_finish(out, &chain.answer_ttls, cap, key, name, addresses);
-                return Some(WireEnd::Answer(out, QueryVerdict::Allowed));
-            }
-            let mut grants = self.grants_for_addresses(
+            let templates = self.grant_templates(
                 allowlist,
                 &name,
                 Some(&decision.allowed),
-                src,
                 addresses.iter().copied(),
             );
-            for g in &mut grants {
-                g.pod_ip = grant_source(&pod, src, g.destination_ip);
-            }
-            if !grants.is_empty() {
-                let wanted = grants
-                    .iter()
-                    .map(|g| (g.pod_ip, g.destination_ip, g.ports.as_slice(), g.lifetime));
-                let Some(remaining) = self.hub.already_held(pod.node(), wanted, now) else {
+            if !templates.is_empty() {
+                let Some(remaining) = self.held(&pod, src, &templates, 0, now) else {
+                    let grants = self.grants_of(&pod, src, &name, &templates, 0);
                     debug!(pod = %pod.workload(), count = grants.len(), "grants");
                     return Some(WireEnd::Deliver(Box::new(HeldAnswer {
                         out,
@@ -381,52 +366,10 @@ impl Gateway {
                     })));
                 };
                 ttl_cap = ttl_cap.min(remaining);
-                self.metrics.grants_deduplicated.inc_by(grants.len() as u64);
             }
         }
         let out = self.wire_finish(out, &chain.answer_ttls, ttl_cap, key, name, addresses);
         Some(WireEnd::Answer(out, QueryVerdict::Allowed))
-    }
-
-    /// How long the enforcer of `pod`'s node still holds every grant of `addresses`, when it
-    /// holds them all: asked without building the grants, for the common case of a few
-    /// distinct addresses that all get the name's ports. `None`: not held, or not that case
-    /// (the caller builds the grants and asks again).
-    fn held_without_building(
-        &self,
-        allowlist: &Allowlist,
-        pod: &PodIdentity,
-        src: IpAddr,
-        name_ports: &PortSet,
-        addresses: &[(IpAddr, u32)],
-        now: Instant,
-    ) -> Option<Duration> {
-        const FEW: usize = 8;
-        let distinct = addresses.len() <= FEW
-            && addresses
-                .iter()
-                .enumerate()
-                .all(|(i, (ip, _))| addresses[..i].iter().all(|(other, _)| other != ip));
-        if addresses.is_empty() || !distinct || !allowlist.is_address_independent() {
-            return None;
-        }
-        let ports = name_ports.ranges();
-        if ports.is_empty() {
-            return None;
-        }
-        let wanted = addresses.iter().map(|&(ip, ttl)| {
-            (
-                grant_source(pod, src, ip),
-                ip,
-                ports.as_slice(),
-                self.lifetime(ttl),
-            )
-        });
-        let remaining = self.hub.already_held(pod.node(), wanted, now)?;
-        self.metrics
-            .grants_deduplicated
-            .inc_by(addresses.len() as u64);
-        Some(remaining)
     }
 
     /// Sends a held answer's grants, waits for the ack, and makes the answer.
