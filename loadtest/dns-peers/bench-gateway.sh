@@ -8,10 +8,7 @@
 # grant subscriber (dnsfence-target.sh).
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-# two steps: `--bin` would limit every package of the same command to that one binary
-( cd "$HERE/../.." && cargo build --release --locked -q -p dnsfence-policy-store \
-    -p dnsfence-resolver-gateway -p dnsfence-cli \
-  && cargo build --release --locked -q -p dnsfence-loadtest --bin grant-sink )
+"$HERE/build-dnsfence.sh"
 export CONFIGS=${CONFIGS:-"dnsdist-nocache dnsdist-cache unbound"}
 export TARGET_CMD="$HERE/dnsfence-target.sh"
 exec "$HERE/run.sh" "${TARGET_PORT:-5400}"

@@ -25,9 +25,7 @@ export WORKLOADS=${WORKLOADS:-"mix uniq"}
 ROUNDS=${ROUNDS:-3}
 export CONFIGS=" "   # no peers: the target only (empty would mean the default set)
 # BUILD=0: use the binaries in DNSFENCE_BIN as they are
-[ "${BUILD:-1}" = 0 ] || ( cd "$ROOT" && cargo build --release --locked -q -p dnsfence-policy-store \
-    -p dnsfence-resolver-gateway -p dnsfence-cli \
-  && cargo build --release --locked -q -p dnsfence-loadtest --bin grant-sink --bin otlp-sink )
+[ "${BUILD:-1}" = 0 ] || "$HERE/build-dnsfence.sh" otlp-sink
 BIN=${DNSFENCE_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release}
 export DNSFENCE_BIN=$BIN
 

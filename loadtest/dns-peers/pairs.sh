@@ -17,11 +17,7 @@ PEER=${PEER:-dnsdist-nocache}
 WORKLOAD=${WORKLOAD:-uniq}
 ROUNDS=${ROUNDS:-8}
 PORT=${TARGET_PORT:-5400}
-if [ -z "${DNSFENCE_BIN:-}" ]; then
-  ( cd "$HERE/../.." && cargo build --release --locked -q -p dnsfence-policy-store \
-      -p dnsfence-resolver-gateway -p dnsfence-cli \
-    && cargo build --release --locked -q -p dnsfence-loadtest --bin grant-sink )
-fi
+[ -n "${DNSFENCE_BIN:-}" ] || "$HERE/build-dnsfence.sh"
 export TARGET_CMD="$HERE/dnsfence-target.sh"
 LOG=${TMPDIR:-/tmp}/dns-peers-pairs.$$.log
 rows=()
