@@ -7,6 +7,8 @@
 //! costs more per query than the whole cache-hit path. Here each worker receives and answers
 //! cache hits itself, forwards misses itself (their answers go out from the upstream socket's
 //! receive task, see `handler::relay`), and spawns a task only for a query that must wait.
+//! It reads in batches and sends what a batch produced with one `sendmmsg` per socket
+//! (`crate::udp_batch`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,12 +26,13 @@ use tracing::{debug, warn};
 
 use crate::handler::{Gateway, Now};
 use crate::metrics::Transport;
+use crate::udp_batch::{self, Datagram, Fallback, Outbox};
 
 /// Largest datagram read; bigger ones are truncated by the kernel and fail to parse.
 const UDP_RECV_BUFFER: usize = 4096;
 
-/// How many datagrams a busy receive loop handles between two looks at the stop signal.
-const STOP_CHECK_EVERY: u32 = 256;
+/// Most datagrams read between two looks at the other tasks and the stop signal.
+const RECEIVE_BATCH: usize = 32;
 
 /// Receives on `socket` with `workers` loops until `stop` turns true.
 pub async fn serve_udp(
@@ -45,31 +48,24 @@ pub async fn serve_udp(
         let mut stop = stop.clone();
         loops.push(tokio::spawn(async move {
             let mut buf = vec![0u8; UDP_RECV_BUFFER];
-            // One stop future for the loop's life (a new one per datagram registers and
+            // One stop future for the loop's life (a new one per wait registers and
             // deregisters a waiter each time), polled only when no datagram is waiting; under
-            // a load that never pauses, every STOP_CHECK_EVERY datagrams look at it instead.
+            // a load that never pauses, each batch looks at the flag instead.
             let stop_now = stop.clone();
             let stopped = stop.wait_for(|s| *s);
             tokio::pin!(stopped);
-            let mut received_since_check = 0u32;
             loop {
-                let received = tokio::select! {
+                let first = tokio::select! {
                     biased;
-                    r = socket.recv_from(&mut buf) => r,
+                    received = socket.recv_from(&mut buf) => received,
                     _ = &mut stopped => return,
                 };
-                received_since_check += 1;
-                if received_since_check == STOP_CHECK_EVERY {
-                    received_since_check = 0;
-                    if *stop_now.borrow() {
-                        return;
-                    }
+                if *stop_now.borrow() {
+                    return;
                 }
-                match received {
-                    Ok((len, src)) => handle_datagram(&gateway, &socket, &buf[..len], src).await,
-                    // ICMP port unreachable from an earlier answer surfaces here on Linux as
-                    // ECONNREFUSED; it concerns that client only.
-                    Err(error) => debug!(%error, "udp receive"),
+                if receive_batch(&gateway, &socket, &mut buf, first) == Batch::Full {
+                    // More may be waiting: the other tasks (upstream answers, acks) first.
+                    tokio::task::yield_now().await;
                 }
             }
         }));
@@ -77,6 +73,41 @@ pub async fn serve_udp(
     for l in loops {
         let _ = l.await;
     }
+}
+
+/// How a receive batch ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Batch {
+    /// Nothing more to read.
+    Drained,
+    /// [`RECEIVE_BATCH`] datagrams read.
+    Full,
+}
+
+/// Handles `first` (the datagram awaited) and what else is waiting, up to [`RECEIVE_BATCH`]
+/// datagrams; what they send goes out together when the batch ends (see `crate::udp_batch`).
+fn receive_batch(
+    gateway: &Arc<Gateway>,
+    socket: &Arc<UdpSocket>,
+    buf: &mut [u8],
+    first: std::io::Result<(usize, SocketAddr)>,
+) -> Batch {
+    let _outbox = Outbox::open();
+    let mut received = Some(first);
+    for _ in 0..RECEIVE_BATCH {
+        let next = match received.take() {
+            Some(first) => first,
+            None => socket.try_recv_from(buf),
+        };
+        match next {
+            Ok((len, src)) => handle_datagram(gateway, socket, &buf[..len], src),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Batch::Drained,
+            // ICMP port unreachable from an earlier answer surfaces here on Linux as
+            // ECONNREFUSED; it concerns that client only.
+            Err(error) => debug!(%error, "udp receive"),
+        }
+    }
+    Batch::Full
 }
 
 /// Where a UDP query's answer goes.
@@ -87,21 +118,21 @@ pub struct UdpClient {
 }
 
 impl UdpClient {
-    /// Sends `answer` now, or from a task that waits for room in a full send buffer.
+    /// Sends `answer` with the receive batch under way on this thread, or now; a task waits
+    /// for room in a full send buffer.
     pub fn send(self, answer: Vec<u8>) {
-        match self.socket.try_send_to(&answer, self.addr) {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                tokio::spawn(async move { send(&self.socket, &answer, self.addr).await });
-            }
-            Err(error) => debug!(to = %self.addr, %error, "udp send"),
-        }
+        udp_batch::send(Datagram {
+            socket: self.socket,
+            to: Some(self.addr),
+            bytes: answer,
+            fallback: Fallback::Answer,
+        });
     }
 }
 
 /// One query: answered here from the caches, forwarded from here on a miss, or handed to a
 /// task when it must wait (grants to ack for a cached answer, a traced query).
-async fn handle_datagram(
+fn handle_datagram(
     gateway: &Arc<Gateway>,
     socket: &Arc<UdpSocket>,
     packet: &[u8],
@@ -109,7 +140,11 @@ async fn handle_datagram(
 ) {
     let now = match gateway.answer_now(packet, src, Transport::Udp) {
         Now::Answer(answer) => {
-            send(socket, &answer, src).await;
+            UdpClient {
+                socket: Arc::clone(socket),
+                addr: src,
+            }
+            .send(answer);
             return;
         }
         // Misses are forwarded from here and answered from the upstream socket's receive

@@ -16,6 +16,7 @@ pub mod http;
 pub mod identity;
 pub mod metrics;
 pub mod resolve;
+pub mod udp_batch;
 pub mod wire;
 
 use std::future::Future;

@@ -119,6 +119,46 @@ async fn malformed_oversized_and_multi_question_queries_get_errors_and_the_serve
     );
 }
 
+/// More queries at once than the gateway reads in one receive batch (32), and than one
+/// `sendmmsg` carries: forwarded misses, cache hits and denials interleaved, each answered
+/// once with its own ID and the right code.
+#[tokio::test]
+async fn a_burst_longer_than_a_receive_batch_is_answered_whole() {
+    let world = World::start(&[]).await.unwrap();
+    let socket = tokio::net::UdpSocket::bind((NGINX_A, 0)).await.unwrap();
+    let mut expected = std::collections::HashMap::new();
+    for i in 0..120u16 {
+        let (name, rcode) = match i % 3 {
+            // a name of an allowed zone the upstream does not have: a miss, NXDOMAIN
+            0 => (format!("n{i}.example.test."), ResponseCode::NXDomain),
+            1 => ("github.com.".to_string(), ResponseCode::NoError),
+            _ => ("npmjs.com.".to_string(), ResponseCode::Refused),
+        };
+        let mut q = query(&name, RecordType::A, false);
+        q.metadata.id = 1000 + i;
+        socket
+            .send_to(&q.to_vec().unwrap(), world.gateway.dns)
+            .await
+            .unwrap();
+        expected.insert(1000 + i, rcode);
+    }
+    let mut buf = vec![0u8; 4096];
+    let deadline = Instant::now() + PATIENCE;
+    while !expected.is_empty() {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        let Ok(received) = tokio::time::timeout(wait, socket.recv(&mut buf)).await else {
+            panic!("{} queries unanswered: {expected:?}", expected.len());
+        };
+        let answer = Message::from_vec(&buf[..received.unwrap()]).unwrap();
+        let id = answer.metadata.id;
+        let want = expected
+            .remove(&id)
+            .unwrap_or_else(|| panic!("answer {id} twice"));
+        assert_eq!(answer.metadata.response_code, want, "query {id}");
+    }
+    still_serves(&world).await;
+}
+
 #[tokio::test]
 async fn a_dead_upstream_is_skipped_and_with_none_left_the_answer_is_servfail() {
     let authority = start_authority().await.unwrap();

@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 
 use tracing::debug;
 
+use crate::udp_batch::{self, Datagram, Fallback, Unsent};
+
 use super::udp_conn::{Pending, UdpConn, Waiter};
 use super::upstream::{Question, Server, Upstreams, encode_query};
 
@@ -151,23 +153,21 @@ impl Upstreams {
             );
             (id, bytes)
         };
-        match conn.socket.try_send(&bytes) {
-            Ok(_) => {}
-            // A full send buffer (or one the runtime has not seen writable yet): wait for room.
-            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
-                let conn = Arc::clone(conn);
-                tokio::spawn(async move {
-                    if let Err(error) = conn.socket.send(&bytes).await {
-                        conn.not_sent(id, token, &error);
-                    }
-                });
-            }
-            Err(error) => conn.not_sent(id, token, &error),
-        }
+        // Sent with the rest of the receive batch that forwarded it.
+        udp_batch::send(Datagram {
+            socket: Arc::clone(&conn.socket),
+            to: None,
+            bytes,
+            fallback: Fallback::Query {
+                owner: Arc::clone(conn) as Arc<dyn Unsent>,
+                id,
+                token,
+            },
+        });
     }
 }
 
-impl UdpConn {
+impl Unsent for UdpConn {
     /// A relayed query that could not be sent: fails it (unless an answer or the sweep came
     /// first, which they cannot for an unsent query, or the ID went to another query since).
     fn not_sent(&self, id: u16, token: u64, error: &std::io::Error) {

@@ -19,15 +19,18 @@ use tokio::{net::UdpSocket, sync::oneshot};
 
 use super::relay::Relay;
 use super::upstream::{HEADER, Question, encode_query};
+use crate::udp_batch::Outbox;
 
 /// Tries to find a query ID not in flight on a socket.
 const ID_TRIES: usize = 32;
 /// Receive buffer: the largest UDP payload.
 const RECV_BUFFER: usize = 65_535;
+/// Most datagrams read between two looks at the other tasks.
+const RECEIVE_BATCH: usize = 32;
 
 /// One connected UDP socket and the queries in flight on it.
 pub(super) struct UdpConn {
-    pub(super) socket: UdpSocket,
+    pub(super) socket: Arc<UdpSocket>,
     pending: Mutex<PendingTable>,
     /// Distinguishes successive users of one query ID.
     next_token: AtomicU64,
@@ -85,7 +88,7 @@ impl UdpConn {
         mismatched: Counter,
     ) -> (Arc<UdpConn>, tokio::task::JoinHandle<()>) {
         let conn = Arc::new(UdpConn {
-            socket,
+            socket: Arc::new(socket),
             pending: Mutex::new(PendingTable::default()),
             next_token: AtomicU64::new(0),
             mismatched,
@@ -298,16 +301,51 @@ impl Drop for PendingGuard<'_> {
     }
 }
 
+/// Reads answers in batches, the datagrams their continuations send going out together at the
+/// end of each batch (see `crate::udp_batch`).
 async fn receive_loop(conn: Arc<UdpConn>) {
     let mut buf = vec![0u8; RECV_BUFFER];
     loop {
-        match conn.socket.recv(&mut buf).await {
-            Ok(n) => conn.dispatch(&buf[..n]),
-            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => conn.fail_all(),
-            Err(e) => {
-                tracing::warn!(error = %e, "receiving from an upstream socket");
-                tokio::time::sleep(Duration::from_millis(10)).await;
+        // The first datagram awaited, the rest of the batch taken as far as they are waiting.
+        let first = conn.socket.recv(&mut buf).await;
+        let mut received = Some(first);
+        let mut ended = Batch::Full;
+        {
+            let _outbox = Outbox::open();
+            for _ in 0..RECEIVE_BATCH {
+                let next = match received.take() {
+                    Some(first) => first,
+                    None => conn.socket.try_recv(&mut buf),
+                };
+                match next {
+                    Ok(n) => conn.dispatch(&buf[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        ended = Batch::Drained;
+                        break;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => conn.fail_all(),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "receiving from an upstream socket");
+                        ended = Batch::Failed;
+                        break;
+                    }
+                }
             }
         }
+        match ended {
+            Batch::Drained => {}
+            // More may be waiting: the other tasks first.
+            Batch::Full => tokio::task::yield_now().await,
+            Batch::Failed => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
     }
+}
+
+/// How a receive batch ended.
+enum Batch {
+    /// Nothing more to read.
+    Drained,
+    /// [`RECEIVE_BATCH`] datagrams read.
+    Full,
+    Failed,
 }
