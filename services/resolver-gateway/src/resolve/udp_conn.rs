@@ -307,6 +307,10 @@ async fn receive_loop(conn: Arc<UdpConn>) {
     let mut buf = vec![0u8; RECV_BUFFER];
     loop {
         // The first datagram awaited, the rest of the batch taken as far as they are waiting.
+        // Awaiting `recv` rather than `readable`: an ICMP port unreachable only raises an error
+        // on the socket, which `readable` does not wake for, and the queries in flight would
+        // wait out their timeout instead of failing over at once (tests/resolve.rs,
+        // `failover_from_a_closed_port_does_not_wait_for_the_timeout`).
         let first = conn.socket.recv(&mut buf).await;
         let mut received = Some(first);
         let mut ended = Batch::Full;
