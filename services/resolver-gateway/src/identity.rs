@@ -95,7 +95,8 @@ impl Identities {
         self.read().revision
     }
 
-    pub fn pods(&self) -> usize {
+    /// Addresses known to belong to pods (a dual-stack pod has two).
+    pub fn pod_addresses(&self) -> usize {
         self.read().by_ip.len()
     }
 
@@ -122,7 +123,11 @@ impl Identities {
                 apply_event(&mut state, event.payload);
             }
             TailUpdate::CaughtUp(revision) => {
-                debug!(revision, pods = self.pods(), "identities caught up");
+                debug!(
+                    revision,
+                    pod_addresses = self.pod_addresses(),
+                    "identities caught up"
+                );
                 self.ready_now.store(true, Ordering::Release);
                 self.ready.send_replace(true);
             }
@@ -343,7 +348,7 @@ mod tests {
             Lookup::Unknown => panic!("192.0.2.4 is bound"),
         }
         assert_eq!(identities.revision(), 8);
-        assert_eq!(identities.pods(), 2);
+        assert_eq!(identities.pod_addresses(), 2);
     }
 
     #[test]

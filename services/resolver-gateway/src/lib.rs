@@ -258,7 +258,7 @@ async fn follow_store(
         identities.apply(update);
         metrics
             .pods
-            .set(i64::try_from(identities.pods()).unwrap_or(i64::MAX));
+            .set(i64::try_from(identities.pod_addresses()).unwrap_or(i64::MAX));
         metrics
             .store_revision
             .set(i64::try_from(identities.revision()).unwrap_or(i64::MAX));
