@@ -141,7 +141,7 @@ fn flush(mut queued: Vec<Datagram>) {
 }
 
 /// Sends datagrams of one socket with as few `sendmmsg` calls as the kernel allows; a
-/// datagram it refuses takes the one-by-one path (and its fallback).
+/// datagram it refuses takes the one-by-one path (and its fallback), alone.
 fn send_run(run: &mut Vec<Datagram>) {
     let mut start = 0;
     while start < run.len() {
@@ -162,8 +162,10 @@ fn send_run(run: &mut Vec<Datagram>) {
             Err(_) => 0,
         };
         if sent == 0 {
-            // The first one fails: its own path says why (and waits for room if it must).
-            break;
+            // The first one fails: its own path says why (and waits for room if it must);
+            // the ones after it go on in batches.
+            send_one(run.remove(start));
+            continue;
         }
         start += sent;
     }
