@@ -26,13 +26,10 @@ use tracing::{debug, warn};
 
 use crate::handler::{Gateway, Now};
 use crate::metrics::Transport;
-use crate::udp_batch::{self, Datagram, Fallback, Outbox};
+use crate::udp_batch::{self, Datagram, Fallback, receive_batch};
 
 /// Largest datagram read; bigger ones are truncated by the kernel and fail to parse.
 const UDP_RECV_BUFFER: usize = 4096;
-
-/// Most datagrams read between two looks at the other tasks and the stop signal.
-const RECEIVE_BATCH: usize = 32;
 
 /// Receives on `socket` with `workers` loops until `stop` turns true.
 pub async fn serve_udp(
@@ -63,51 +60,25 @@ pub async fn serve_udp(
                 if *stop_now.borrow() {
                     return;
                 }
-                if receive_batch(&gateway, &socket, &mut buf, first) == Batch::Full {
-                    // More may be waiting: the other tasks (upstream answers, acks) first.
-                    tokio::task::yield_now().await;
-                }
+                let batch = receive_batch(
+                    &mut buf,
+                    first,
+                    |buf| socket.try_recv_from(buf),
+                    |packet, src| handle_datagram(&gateway, &socket, packet, src),
+                    |error| {
+                        // ICMP port unreachable from an earlier answer surfaces here on Linux
+                        // as ECONNREFUSED; it concerns that client only.
+                        debug!(%error, "udp receive");
+                        true
+                    },
+                );
+                batch.pause().await;
             }
         }));
     }
     for l in loops {
         let _ = l.await;
     }
-}
-
-/// How a receive batch ended.
-#[derive(Debug, PartialEq, Eq)]
-enum Batch {
-    /// Nothing more to read.
-    Drained,
-    /// [`RECEIVE_BATCH`] datagrams read.
-    Full,
-}
-
-/// Handles `first` (the datagram awaited) and what else is waiting, up to [`RECEIVE_BATCH`]
-/// datagrams; what they send goes out together when the batch ends (see `crate::udp_batch`).
-fn receive_batch(
-    gateway: &Arc<Gateway>,
-    socket: &Arc<UdpSocket>,
-    buf: &mut [u8],
-    first: std::io::Result<(usize, SocketAddr)>,
-) -> Batch {
-    let _outbox = Outbox::open();
-    let mut received = Some(first);
-    for _ in 0..RECEIVE_BATCH {
-        let next = match received.take() {
-            Some(first) => first,
-            None => socket.try_recv_from(buf),
-        };
-        match next {
-            Ok((len, src)) => handle_datagram(gateway, socket, &buf[..len], src),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Batch::Drained,
-            // ICMP port unreachable from an earlier answer surfaces here on Linux as
-            // ECONNREFUSED; it concerns that client only.
-            Err(error) => debug!(%error, "udp receive"),
-        }
-    }
-    Batch::Full
 }
 
 /// Where a UDP query's answer goes.
@@ -138,51 +109,30 @@ fn handle_datagram(
     packet: &[u8],
     src: SocketAddr,
 ) {
+    let client = UdpClient {
+        socket: Arc::clone(socket),
+        addr: src,
+    };
     let now = match gateway.answer_now(packet, src, Transport::Udp) {
-        Now::Answer(answer) => {
-            UdpClient {
-                socket: Arc::clone(socket),
-                addr: src,
-            }
-            .send(answer);
-            return;
-        }
+        Now::Answer(answer) => return client.send(answer),
         // Misses are forwarded from here and answered from the upstream socket's receive
         // task: no task of their own either.
-        Now::Miss(miss) => {
-            let client = UdpClient {
-                socket: Arc::clone(socket),
-                addr: src,
-            };
-            gateway.relay_miss(packet, src, client, miss);
-            return;
-        }
+        Now::Miss(miss) => return gateway.relay_miss(packet, src, client, miss),
         later => later,
     };
     let packet = packet.to_vec();
     let gateway_for_query = Arc::clone(gateway);
-    let socket_for_answer = Arc::clone(socket);
     let mut query = Box::pin(async move {
         if let Some(answer) = gateway_for_query
             .handle_later(&packet, src, Transport::Udp, now)
             .await
         {
-            send(&socket_for_answer, &answer, src).await;
+            client.send(answer);
         }
     });
     // Answers that need no waiting finish here too.
     if (&mut query).now_or_never().is_none() {
         tokio::spawn(query);
-    }
-}
-
-async fn send(socket: &UdpSocket, answer: &[u8], to: SocketAddr) {
-    let sent = match socket.try_send_to(answer, to) {
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => socket.send_to(answer, to).await,
-        other => other,
-    };
-    if let Err(error) = sent {
-        debug!(%to, %error, "udp send");
     }
 }
 

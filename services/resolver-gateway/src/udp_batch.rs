@@ -1,6 +1,7 @@
-//! Datagrams sent in batches: one `sendmmsg` per socket for everything one receive batch
-//! produced (the answers of the cache hits and denials among the queries read, the queries
-//! forwarded upstream, the answers that came back from upstream).
+//! Datagrams received and sent in batches: a receive loop reads up to [`RECEIVE_BATCH`]
+//! waiting datagrams ([`receive_batch`]), and everything they produced (the answers of the
+//! cache hits and denials among the queries read, the queries forwarded upstream, the answers
+//! that came back from upstream) leaves with one `sendmmsg` per socket.
 //!
 //! Why: a forwarded miss is four datagrams (query in, query up, answer back, answer out), and
 //! sent one `sendto` each they cost four system calls per query. Batched, the sends cost a
@@ -8,7 +9,7 @@
 //! the clients and the upstream receive answers and queries in bursts, which wakes them less
 //! often (`loadtest/README.md` has the figures).
 //!
-//! How: a receive loop opens an [`Outbox`] on its thread, reads what is waiting, and flushes
+//! How: [`receive_batch`] opens an [`Outbox`] on its thread, reads what is waiting, and flushes
 //! it before it waits again; whoever sends meanwhile (the handler, the relay, the upstream
 //! receive task calling a relayed query's continuation) goes through [`send`], which queues
 //! while an outbox is open on the thread and sends at once otherwise. Nothing waits across an
@@ -27,6 +28,62 @@ use tracing::debug;
 
 /// Most datagrams one `sendmmsg` carries (the kernel's limit is `UIO_MAXIOV`, 1024).
 const MAX_BATCH: usize = 64;
+
+/// Most datagrams a receive loop reads before it lets the other tasks run.
+pub const RECEIVE_BATCH: usize = 32;
+
+/// How a receive batch ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Batch {
+    /// Nothing more to read.
+    Drained,
+    /// [`RECEIVE_BATCH`] datagrams read: more may be waiting.
+    Full,
+    /// A receive error the loop should not go on reading after.
+    Failed,
+}
+
+impl Batch {
+    /// What the loop does before it waits for the next datagram: nothing after a drained
+    /// socket, the other tasks first after a full batch, a pause after an error.
+    pub async fn pause(self) {
+        match self {
+            Batch::Drained => {}
+            Batch::Full => tokio::task::yield_now().await,
+            Batch::Failed => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+        }
+    }
+}
+
+/// Handles `first` (the receive the loop awaited) and what else is waiting (`try_receive`, until
+/// it would block), up to [`RECEIVE_BATCH`] datagrams, with an [`Outbox`] open: what `handle`
+/// sends leaves together at the end. `on_error` says whether to go on reading after an error.
+pub fn receive_batch<From>(
+    buf: &mut [u8],
+    first: io::Result<(usize, From)>,
+    mut try_receive: impl FnMut(&mut [u8]) -> io::Result<(usize, From)>,
+    mut handle: impl FnMut(&[u8], From),
+    mut on_error: impl FnMut(io::Error) -> bool,
+) -> Batch {
+    let _outbox = Outbox::open();
+    let mut received = first;
+    for read in 1..=RECEIVE_BATCH {
+        match received {
+            Ok((len, from)) => handle(&buf[..len], from),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Batch::Drained,
+            Err(e) => {
+                if !on_error(e) {
+                    return Batch::Failed;
+                }
+            }
+        }
+        if read == RECEIVE_BATCH {
+            break;
+        }
+        received = try_receive(buf);
+    }
+    Batch::Full
+}
 
 /// Who hears of an upstream query that could not be sent.
 pub trait Unsent: Send + Sync {
@@ -116,17 +173,11 @@ impl Drop for Outbox {
 }
 
 fn flush(mut queued: Vec<Datagram>) {
-    if queued.len() == 1 {
-        if let Some(datagram) = queued.pop() {
-            send_one(datagram);
-        }
-        return;
-    }
     // Datagrams of one socket keep their order; sockets are few (one listener, a few
     // upstream sockets), so a stable sort by socket groups them cheaply.
     queued.sort_by_key(|d| d.socket.as_raw_fd());
     let mut rest = queued.into_iter().peekable();
-    let mut run: Vec<Datagram> = Vec::with_capacity(MAX_BATCH);
+    let mut run: Vec<Datagram> = Vec::new();
     while let Some(first) = rest.next() {
         let fd = first.socket.as_raw_fd();
         run.push(first);
@@ -255,6 +306,54 @@ mod tests {
         fn not_sent(&self, id: u16, token: u64, _error: &io::Error) {
             self.0.lock().unwrap().push((id, token));
         }
+    }
+
+    #[test]
+    fn a_receive_batch_ends_full_drained_or_failed() {
+        let mut buf = [0u8; 8];
+        let always = |_: &mut [u8]| Ok((1, ()));
+        let mut handled = 0;
+        let end = receive_batch(
+            &mut buf,
+            Ok((1, ())),
+            always,
+            |_, ()| handled += 1,
+            |_| true,
+        );
+        assert_eq!((end, handled), (Batch::Full, RECEIVE_BATCH));
+
+        let mut waiting = 2;
+        let two_more = |_: &mut [u8]| {
+            if waiting == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            waiting -= 1;
+            Ok((1, ()))
+        };
+        let mut handled = 0;
+        let end = receive_batch(
+            &mut buf,
+            Ok((1, ())),
+            two_more,
+            |_, ()| handled += 1,
+            |_| true,
+        );
+        assert_eq!((end, handled), (Batch::Drained, 3));
+
+        // an error the loop goes on after is skipped; one it does not go on after ends it
+        let mut errors = 0;
+        let refused = |_: &mut [u8]| Err(io::ErrorKind::ConnectionRefused.into());
+        let end = receive_batch(
+            &mut buf,
+            Ok((1, ())),
+            refused,
+            |_, ()| {},
+            |_| {
+                errors += 1;
+                errors < 3
+            },
+        );
+        assert_eq!((end, errors), (Batch::Failed, 3));
     }
 
     #[tokio::test]

@@ -19,14 +19,12 @@ use tokio::{net::UdpSocket, sync::oneshot};
 
 use super::relay::Relay;
 use super::upstream::{HEADER, Question, encode_query};
-use crate::udp_batch::Outbox;
+use crate::udp_batch::receive_batch;
 
 /// Tries to find a query ID not in flight on a socket.
 const ID_TRIES: usize = 32;
 /// Receive buffer: the largest UDP payload.
 const RECV_BUFFER: usize = 65_535;
-/// Most datagrams read between two looks at the other tasks.
-const RECEIVE_BATCH: usize = 32;
 
 /// One connected UDP socket and the queries in flight on it.
 pub(super) struct UdpConn {
@@ -153,16 +151,18 @@ impl PendingTable {
 
     /// Removes and returns the relayed queries whose deadline passed.
     pub(super) fn expired_relays(&mut self, now: Instant) -> Vec<Relay> {
-        let ids: Vec<u16> = self
+        let expired: Vec<(u16, Pending)> = self
             .by_id
-            .iter()
-            .filter(|(_, p)| matches!(&p.waiter, Waiter::Relay(r) if r.deadline <= now))
-            .map(|(id, _)| *id)
+            .extract_if(|_, p| matches!(&p.waiter, Waiter::Relay(r) if r.deadline <= now))
             .collect();
-        ids.into_iter()
-            .filter_map(|id| match self.remove(id)?.waiter {
-                Waiter::Relay(relay) => Some(relay),
-                Waiter::Task { .. } => None,
+        expired
+            .into_iter()
+            .filter_map(|(id, pending)| {
+                self.unindex(id, &pending);
+                match pending.waiter {
+                    Waiter::Relay(relay) => Some(relay),
+                    Waiter::Task { .. } => None,
+                }
             })
             .collect()
     }
@@ -306,50 +306,25 @@ impl Drop for PendingGuard<'_> {
 async fn receive_loop(conn: Arc<UdpConn>) {
     let mut buf = vec![0u8; RECV_BUFFER];
     loop {
-        // The first datagram awaited, the rest of the batch taken as far as they are waiting.
         // Awaiting `recv` rather than `readable`: an ICMP port unreachable only raises an error
         // on the socket, which `readable` does not wake for, and the queries in flight would
         // wait out their timeout instead of failing over at once (tests/resolve.rs,
         // `failover_from_a_closed_port_does_not_wait_for_the_timeout`).
-        let first = conn.socket.recv(&mut buf).await;
-        let mut received = Some(first);
-        let mut ended = Batch::Full;
-        {
-            let _outbox = Outbox::open();
-            for _ in 0..RECEIVE_BATCH {
-                let next = match received.take() {
-                    Some(first) => first,
-                    None => conn.socket.try_recv(&mut buf),
-                };
-                match next {
-                    Ok(n) => conn.dispatch(&buf[..n]),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        ended = Batch::Drained;
-                        break;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => conn.fail_all(),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "receiving from an upstream socket");
-                        ended = Batch::Failed;
-                        break;
-                    }
+        let first = conn.socket.recv(&mut buf).await.map(|n| (n, ()));
+        let batch = receive_batch(
+            &mut buf,
+            first,
+            |buf| conn.socket.try_recv(buf).map(|n| (n, ())),
+            |answer, ()| conn.dispatch(answer),
+            |error| {
+                if error.kind() == io::ErrorKind::ConnectionRefused {
+                    conn.fail_all();
+                    return true;
                 }
-            }
-        }
-        match ended {
-            Batch::Drained => {}
-            // More may be waiting: the other tasks first.
-            Batch::Full => tokio::task::yield_now().await,
-            Batch::Failed => tokio::time::sleep(Duration::from_millis(10)).await,
-        }
+                tracing::warn!(%error, "receiving from an upstream socket");
+                false
+            },
+        );
+        batch.pause().await;
     }
-}
-
-/// How a receive batch ended.
-enum Batch {
-    /// Nothing more to read.
-    Drained,
-    /// [`RECEIVE_BATCH`] datagrams read.
-    Full,
-    Failed,
 }
