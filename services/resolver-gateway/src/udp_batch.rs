@@ -308,19 +308,22 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_receive_batch_ends_full_drained_or_failed() {
-        let mut buf = [0u8; 8];
-        let always = |_: &mut [u8]| Ok((1, ()));
+    /// How a batch that starts with one datagram ends, and how many it handled.
+    fn batch_of(try_receive: impl FnMut(&mut [u8]) -> io::Result<(usize, ())>) -> (Batch, usize) {
         let mut handled = 0;
         let end = receive_batch(
-            &mut buf,
+            &mut [0u8; 8],
             Ok((1, ())),
-            always,
+            try_receive,
             |_, ()| handled += 1,
             |_| true,
         );
-        assert_eq!((end, handled), (Batch::Full, RECEIVE_BATCH));
+        (end, handled)
+    }
+
+    #[test]
+    fn a_receive_batch_ends_full_drained_or_failed() {
+        assert_eq!(batch_of(|_| Ok((1, ()))), (Batch::Full, RECEIVE_BATCH));
 
         let mut waiting = 2;
         let two_more = |_: &mut [u8]| {
@@ -330,21 +333,13 @@ mod tests {
             waiting -= 1;
             Ok((1, ()))
         };
-        let mut handled = 0;
-        let end = receive_batch(
-            &mut buf,
-            Ok((1, ())),
-            two_more,
-            |_, ()| handled += 1,
-            |_| true,
-        );
-        assert_eq!((end, handled), (Batch::Drained, 3));
+        assert_eq!(batch_of(two_more), (Batch::Drained, 3));
 
         // an error the loop goes on after is skipped; one it does not go on after ends it
         let mut errors = 0;
         let refused = |_: &mut [u8]| Err(io::ErrorKind::ConnectionRefused.into());
         let end = receive_batch(
-            &mut buf,
+            &mut [0u8; 8],
             Ok((1, ())),
             refused,
             |_, ()| {},
